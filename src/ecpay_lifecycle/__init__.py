@@ -1,0 +1,67 @@
+"""ecpay-lifecycle: the capture and refund lifecycle of ECPay (綠界) credit-card orders.
+
+The pure core decides (rules, planner, codec); the clients carry the decision out safely; the
+emulator stands in for ECPay where its stage environment cannot (DoAction).
+"""
+
+from __future__ import annotations
+
+from ._exceptions import (
+    CodecError,
+    ConfigurationError,
+    EcpayError,
+    EnvelopeRejected,
+    GatewayRefused,
+    InvalidAmount,
+    InvalidArgument,
+    InvalidArgumentType,
+    OrderLocked,
+    OutcomeUnknown,
+    ProtocolError,
+    RateLimited,
+    RefundExceedsCaptured,
+    ReplyMismatch,
+    RuleViolation,
+    TransportError,
+    UnknownStatusError,
+)
+from ._models import (
+    Action,
+    GatewayStatus,
+    Intent,
+    OrderSnapshot,
+    PaymentKind,
+    Plan,
+    State,
+    Step,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "Action",
+    "CodecError",
+    "ConfigurationError",
+    "EcpayError",
+    "EnvelopeRejected",
+    "GatewayRefused",
+    "GatewayStatus",
+    "Intent",
+    "InvalidAmount",
+    "InvalidArgument",
+    "InvalidArgumentType",
+    "OrderLocked",
+    "OrderSnapshot",
+    "OutcomeUnknown",
+    "PaymentKind",
+    "Plan",
+    "ProtocolError",
+    "RateLimited",
+    "RefundExceedsCaptured",
+    "ReplyMismatch",
+    "RuleViolation",
+    "State",
+    "Step",
+    "TransportError",
+    "UnknownStatusError",
+]
