@@ -8,8 +8,8 @@ ever carries a HashKey or HashIV.
 ::
 
     EcpayError
-    ├── InvalidArgument (ValueError)          bad input from the caller: amounts, numbers, datetimes
-    │   ├── InvalidAmount                     R19: not a positive whole TWD, or above the order amount
+    ├── InvalidArgument (ValueError)          bad input: amounts, numbers, datetimes
+    │   ├── InvalidAmount                     R19: not a positive whole TWD, or too large
     │   └── ConfigurationError                wrong key length, DoAction against stage, ...
     ├── InvalidArgumentType (TypeError)       a value of the wrong type (bool or float amount, ...)
     ├── RuleViolation                         the planner refuses; .rule, .retry_at
@@ -94,7 +94,7 @@ class InvalidAmount(InvalidArgument):
 
 
 class ConfigurationError(InvalidArgument):
-    """The library is configured wrongly: a HashKey/HashIV that is not 16 bytes, DoAction on stage."""
+    """Wrong configuration: a HashKey/HashIV that is not 16 bytes, DoAction on stage, ..."""
 
 
 class InvalidArgumentType(EcpayError, TypeError):
@@ -183,7 +183,7 @@ class TransportError(EcpayError):
 
 
 class RateLimited(EcpayError):
-    """HTTP 403: calls came too fast. ECPay asks to wait 30 minutes; the library never retries it."""
+    """HTTP 403: calls came too fast. ECPay asks to wait 30 minutes; never retried."""
 
     retry_after_seconds = 30 * 60
 
@@ -250,4 +250,4 @@ class OutcomeUnknown(EcpayError):
 
 
 class OrderLocked(EcpayError):
-    """The order has an unresolved step of unknown outcome; no new money movement until reconciled."""
+    """The order has a step of unknown outcome; no new money movement until reconciled."""

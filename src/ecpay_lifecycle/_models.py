@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 
-class Action(str, enum.Enum):
+class Action(enum.StrEnum):
     """A DoAction ``Action`` value (spec section 3)."""
 
     CLOSE = "C"
@@ -38,11 +38,8 @@ class Action(str, enum.Enum):
     CANCEL = "E"
     ABANDON = "N"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     """The lifecycle state of an order (spec section 6)."""
 
     AUTHORIZED = "authorized"
@@ -53,9 +50,6 @@ class State(str, enum.Enum):
     UNAUTHORIZED = "unauthorized"
     UNSETTLED = "unsettled"
 
-    def __str__(self) -> str:
-        return self.value
-
     @property
     def actionable(self) -> bool:
         """Whether the library may send any DoAction to an order in this state (spec section 4)."""
@@ -65,7 +59,7 @@ class State(str, enum.Enum):
 _ACTIONABLE = frozenset({State.AUTHORIZED, State.TO_CLOSE, State.CLOSED})
 
 
-class PaymentKind(str, enum.Enum):
+class PaymentKind(enum.StrEnum):
     """How the card was charged (spec section 5); decides R8, R11 and R12."""
 
     ONE_TIME = "one_time"
@@ -73,24 +67,18 @@ class PaymentKind(str, enum.Enum):
     BONUS = "bonus"
     UNIONPAY = "unionpay"
 
-    def __str__(self) -> str:
-        return self.value
-
     @property
     def full_refund_only(self) -> bool:
         """R11 (instalments) and R12 (bonus points): refunds are all or nothing."""
         return self in (PaymentKind.INSTALLMENT, PaymentKind.BONUS)
 
 
-class Intent(str, enum.Enum):
+class Intent(enum.StrEnum):
     """What the caller wants to happen to the order."""
 
     CAPTURE = "capture"
     REFUND = "refund"
     ABANDON = "abandon"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class GatewayStatus(enum.Enum):
@@ -98,6 +86,8 @@ class GatewayStatus(enum.Enum):
 
     Each member's value is ``(chinese, english)``; English is ``None`` where ECPay documents none.
     """
+
+    _value_: tuple[str, str | None]
 
     AUTHORIZED = ("已授權", "Authorized")
     OPERATION_CANCELED = ("操作取消", "Operation canceled")
@@ -117,12 +107,14 @@ class GatewayStatus(enum.Enum):
     @property
     def chinese(self) -> str:
         """The AIO (form API) spelling."""
-        return self.value[0]
+        chinese: str = self._value_[0]
+        return chinese
 
     @property
     def english(self) -> str | None:
         """The JSON API spelling, or None where ECPay documents none."""
-        return self.value[1]
+        english: str | None = self._value_[1]
+        return english
 
     @classmethod
     def parse(cls, text: object) -> GatewayStatus:
@@ -156,11 +148,7 @@ _STATE_OF: dict[GatewayStatus, State] = {
     GatewayStatus.TO_BE_CAPTURED: State.TO_CLOSE,
     GatewayStatus.CANCELED: State.ABANDONED,
     GatewayStatus.UNAUTHORIZED: State.UNAUTHORIZED,
-    **{
-        status: State.UNSETTLED
-        for status in GatewayStatus
-        if status.english is None
-    },
+    **{status: State.UNSETTLED for status in GatewayStatus if status.english is None},
 }
 
 _STATUS_BY_TEXT: dict[str, GatewayStatus] = {}

@@ -1,0 +1,543 @@
+"""The one lifecycle of an ECPay credit-card order, declared once as data (spec section 6).
+
+``TRANSITIONS`` is the single declaration. From it this module builds:
+
+* ``MACHINE``: one shared ``transitions.Machine`` (``auto_transitions=False``) whose guards call
+  :mod:`._rules`. It is driven through one private holder under a lock, never a machine or a
+  model per order (a machine costs ~30 KB and ~100-200 µs; ``add_model`` per order grows with the
+  number of live orders, and attrs' ``eq=True`` would make two equal orders share triggers).
+* ``fire``: the same table compiled at import into a dict of plain functions, for the planner's
+  hot path. A test drives both with the same inputs and checks they agree.
+
+A failed guard becomes a :class:`RuleViolation` naming the rule; transitions alone would return a
+silent ``False``. Gateway events (``authorize``, ``batch``, ``expire``, ``bank_event``) are in the
+table too, so the diagram and the tests see the whole lifecycle, but the library never sends them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Final, cast
+
+import attrs
+from transitions import EventData, Machine, Transition
+
+from . import _rules
+from ._exceptions import RuleViolation
+from ._models import Action, OrderSnapshot, PaymentKind, State
+
+__all__ = [
+    "DO_ACTION_TRIGGERS",
+    "MACHINE_STATES",
+    "TERMINAL_STATES",
+    "TRANSITIONS",
+    "Context",
+    "Position",
+    "TransitionSpec",
+    "fire",
+    "fire_via_machine",
+    "position_of",
+    "state_of",
+]
+
+# Machine states. TO_CLOSE has two flavours the gateway shows with one status (R9).
+UNAUTHORIZED: Final = "unauthorized"
+AUTHORIZED: Final = "authorized"
+TO_CLOSE_CAPTURE: Final = "to_close_capture"
+TO_CLOSE_REFUND: Final = "to_close_refund"
+CLOSED: Final = "closed"
+ABANDONED: Final = "abandoned"
+REFUNDED: Final = "refunded"
+UNSETTLED: Final = "unsettled"
+
+MACHINE_STATES: Final = (
+    UNAUTHORIZED,
+    AUTHORIZED,
+    TO_CLOSE_CAPTURE,
+    TO_CLOSE_REFUND,
+    CLOSED,
+    ABANDONED,
+    REFUNDED,
+    UNSETTLED,
+)
+#: States with no way out: nothing is left to move (UNSETTLED: nothing the library may do).
+TERMINAL_STATES: Final = frozenset({ABANDONED, REFUNDED, UNSETTLED})
+
+#: DoAction triggers, by the Action they send.
+DO_ACTION_TRIGGERS: Final[Mapping[Action, str]] = {
+    Action.CLOSE: "close",
+    Action.REFUND: "refund",
+    Action.CANCEL: "cancel",
+    Action.ABANDON: "abandon",
+}
+
+_STATE_OF: Final[Mapping[str, State]] = {
+    UNAUTHORIZED: State.UNAUTHORIZED,
+    AUTHORIZED: State.AUTHORIZED,
+    TO_CLOSE_CAPTURE: State.TO_CLOSE,
+    TO_CLOSE_REFUND: State.TO_CLOSE,
+    CLOSED: State.CLOSED,
+    ABANDONED: State.ABANDONED,
+    REFUNDED: State.REFUNDED,
+    UNSETTLED: State.UNSETTLED,
+}
+
+
+@attrs.frozen
+class Position:
+    """Where an order stands in the machine: state, net closed amount (ClsAmt), and the amount
+    the last batch settled (``None`` when unknown), which E on a pending refund restores (R15)."""
+
+    state: str
+    closed_amount: int
+    settled_amount: int | None
+
+
+@attrs.frozen
+class Context:
+    """What the guards need besides the position: the order's fixed facts, ``now``, and the
+    event's ``TotalAmount`` (0 for gateway events)."""
+
+    amount: int
+    kind: PaymentKind
+    auto_close: bool
+    authorized_at: dt.datetime
+    now: dt.datetime
+    event_amount: int = 0
+
+
+@attrs.frozen
+class TransitionSpec:
+    """One row of the lifecycle table: ``trigger`` from ``source`` to ``dest``, allowed by
+    ``rule``, if every guard passes, with ``effect`` applied to the closed amount."""
+
+    trigger: str
+    source: str
+    dest: str
+    rule: str
+    guards: tuple[str, ...] = ()
+    effect: str = "keep"
+    gateway: bool = False
+
+
+_DOACTION_GUARDS = ("outside_blackout", "amount_in_range")
+
+#: The lifecycle, spec section 6, as data. Order matters where one trigger has several rows from
+#: one source: the first row whose guards pass wins (as in transitions).
+TRANSITIONS: Final[tuple[TransitionSpec, ...]] = (
+    # Gateway: the card holder's authorization; UnionPay is closed at once (R8).
+    TransitionSpec("authorize", UNAUTHORIZED, AUTHORIZED, "R3", ("not_unionpay",), gateway=True),
+    TransitionSpec(
+        "authorize", UNAUTHORIZED, CLOSED, "R8", ("is_unionpay",), "close_and_settle", True
+    ),
+    # Merchant: C, N from Authorized.
+    TransitionSpec(
+        "close",
+        AUTHORIZED,
+        TO_CLOSE_CAPTURE,
+        "R6",
+        (*_DOACTION_GUARDS, "not_unionpay", "whole_order_amount", "within_capture_window"),
+        "close_all",
+    ),
+    TransitionSpec(
+        "abandon",
+        AUTHORIZED,
+        ABANDONED,
+        "R14",
+        (*_DOACTION_GUARDS, "not_unionpay", "whole_order_amount", "before_forced_abandon"),
+        "zero",
+    ),
+    # Merchant: E, R on a pending capture (R13: R there is partial only; R15: E restores).
+    TransitionSpec(
+        "cancel",
+        TO_CLOSE_CAPTURE,
+        AUTHORIZED,
+        "R15",
+        (*_DOACTION_GUARDS, "not_unionpay", "whole_order_amount"),
+        "zero",
+    ),
+    TransitionSpec(
+        "refund",
+        TO_CLOSE_CAPTURE,
+        TO_CLOSE_CAPTURE,
+        "R13",
+        (*_DOACTION_GUARDS, "refund_kind_allows", "within_captured", "partial_only"),
+        "subtract",
+    ),
+    # Merchant: E, R on a pending refund; R on a closed order (R10 caps every R).
+    TransitionSpec(
+        "cancel",
+        TO_CLOSE_REFUND,
+        CLOSED,
+        "R15",
+        (*_DOACTION_GUARDS, "not_unionpay", "whole_order_amount", "settled_amount_known"),
+        "restore",
+    ),
+    TransitionSpec(
+        "refund",
+        TO_CLOSE_REFUND,
+        TO_CLOSE_REFUND,
+        "R10",
+        (*_DOACTION_GUARDS, "refund_kind_allows", "within_captured"),
+        "subtract",
+    ),
+    TransitionSpec(
+        "refund",
+        CLOSED,
+        TO_CLOSE_REFUND,
+        "R10",
+        (*_DOACTION_GUARDS, "refund_kind_allows", "within_captured"),
+        "subtract",
+    ),
+    # Gateway: the 20:15 batch (R5). With auto-close on it first closes every Authorized order.
+    TransitionSpec("batch", AUTHORIZED, CLOSED, "R5", ("auto_close_on",), "close_and_settle", True),
+    TransitionSpec("batch", TO_CLOSE_CAPTURE, CLOSED, "R5", ("something_left",), "settle", True),
+    TransitionSpec("batch", TO_CLOSE_REFUND, CLOSED, "R5", ("something_left",), "settle", True),
+    TransitionSpec("batch", TO_CLOSE_REFUND, REFUNDED, "R5", ("nothing_left",), "settle", True),
+    # Gateway: R7, an unclosed order is abandoned after day 90 with auto-close off.
+    TransitionSpec(
+        "expire",
+        AUTHORIZED,
+        ABANDONED,
+        "R7",
+        ("auto_close_off", "past_forced_abandon"),
+        "zero",
+        True,
+    ),
+    # Gateway: bank or batch trouble (batch failure, chargeback): nothing the library may do (R3).
+    *(
+        TransitionSpec("bank_event", source, UNSETTLED, "R3", (), "keep", True)
+        for source in (TO_CLOSE_CAPTURE, TO_CLOSE_REFUND, CLOSED)
+    ),
+)
+
+Guard = Callable[[Position, Context], RuleViolation | None]
+
+
+def _outside_blackout(_pos: Position, ctx: Context) -> RuleViolation | None:
+    if _rules.in_blackout(ctx.now, ctx.auto_close):
+        return RuleViolation(
+            "R5",
+            "ECPay runs its daily close at 20:15 Taipei; actions are not allowed until 20:30",
+            retry_at=_rules.blackout_retry_at(ctx.now),
+        )
+    return None
+
+
+def _amount_in_range(_pos: Position, ctx: Context) -> RuleViolation | None:
+    if not 0 < ctx.event_amount <= ctx.amount:
+        return RuleViolation(
+            "R19",
+            f"the amount must be a positive whole TWD no larger than the order's {ctx.amount}",
+        )
+    return None
+
+
+def _whole_order_amount(_pos: Position, ctx: Context) -> RuleViolation | None:
+    if ctx.event_amount != ctx.amount:
+        return RuleViolation(
+            "R14",
+            f"this action always covers the whole order ({ctx.amount} TWD), never part of it",
+        )
+    return None
+
+
+def _within_capture_window(_pos: Position, ctx: Context) -> RuleViolation | None:
+    if not _rules.within_capture_window(ctx.authorized_at, ctx.now, ctx.auto_close):
+        return RuleViolation(
+            "R6",
+            "the 21 days to close this order have passed; ECPay's support must close it "
+            "(error_overDate)",
+        )
+    return None
+
+
+def _before_forced_abandon(_pos: Position, ctx: Context) -> RuleViolation | None:
+    if not ctx.auto_close and ctx.now > _rules.forced_abandon_at(ctx.authorized_at):
+        return RuleViolation(
+            "R7",
+            "ECPay abandons orders left unclosed for 90 days; query the order, it is already "
+            "released",
+        )
+    return None
+
+
+def _refund_kind_allows(pos: Position, ctx: Context) -> RuleViolation | None:
+    if ctx.kind.full_refund_only and ctx.event_amount != pos.closed_amount:
+        rule, what = (
+            ("R11", "instalment") if ctx.kind is PaymentKind.INSTALLMENT else ("R12", "bonus-point")
+        )
+        return RuleViolation(rule, f"{what} orders can only be refunded in full")
+    return None
+
+
+def _within_captured(pos: Position, ctx: Context) -> RuleViolation | None:
+    if ctx.event_amount > pos.closed_amount:
+        return RuleViolation(
+            "R10",
+            f"a refund of {ctx.event_amount} TWD is more than the {pos.closed_amount} TWD "
+            "still captured",
+        )
+    return None
+
+
+def _partial_only(pos: Position, ctx: Context) -> RuleViolation | None:
+    if ctx.event_amount >= pos.closed_amount:
+        return RuleViolation(
+            "R13",
+            "before the daily batch a full refund is a cancel (E) then an abandon (N), not R",
+        )
+    return None
+
+
+def _settled_amount_known(pos: Position, _ctx: Context) -> RuleViolation | None:
+    if pos.settled_amount is None:
+        return RuleViolation(
+            "R15",
+            "cancelling a pending refund restores the last settled amount, which this "
+            "snapshot does not carry",
+        )
+    return None
+
+
+def _predicate(test: Callable[[Position, Context], bool], rule: str, why: str) -> Guard:
+    def guard(pos: Position, ctx: Context) -> RuleViolation | None:
+        return None if test(pos, ctx) else RuleViolation(rule, why)
+
+    return guard
+
+
+GUARDS: Final[Mapping[str, Guard]] = {
+    "outside_blackout": _outside_blackout,
+    "amount_in_range": _amount_in_range,
+    "whole_order_amount": _whole_order_amount,
+    "within_capture_window": _within_capture_window,
+    "before_forced_abandon": _before_forced_abandon,
+    "refund_kind_allows": _refund_kind_allows,
+    "within_captured": _within_captured,
+    "partial_only": _partial_only,
+    "settled_amount_known": _settled_amount_known,
+    "not_unionpay": _predicate(
+        lambda _p, c: c.kind is not PaymentKind.UNIONPAY,
+        "R8",
+        "UnionPay orders are closed at authorization; only refunds (R) apply to them",
+    ),
+    "is_unionpay": _predicate(
+        lambda _p, c: c.kind is PaymentKind.UNIONPAY, "R8", "only UnionPay closes at once"
+    ),
+    "auto_close_on": _predicate(lambda _p, c: c.auto_close, "R5", "auto-close is off"),
+    "auto_close_off": _predicate(lambda _p, c: not c.auto_close, "R7", "auto-close is on"),
+    "past_forced_abandon": _predicate(
+        lambda _p, c: c.now > _rules.forced_abandon_at(c.authorized_at), "R7", "before day 90"
+    ),
+    "something_left": _predicate(lambda p, _c: p.closed_amount > 0, "R5", "nothing left"),
+    "nothing_left": _predicate(lambda p, _c: p.closed_amount == 0, "R5", "something left"),
+}
+
+Effect = Callable[[Position, Context, str], Position]
+
+EFFECTS: Final[Mapping[str, Effect]] = {
+    "keep": lambda p, _c, dest: Position(dest, p.closed_amount, p.settled_amount),
+    "zero": lambda p, _c, dest: Position(dest, 0, p.settled_amount),
+    "close_all": lambda p, c, dest: Position(dest, c.amount, p.settled_amount),
+    "close_and_settle": lambda _p, c, dest: Position(dest, c.amount, c.amount),
+    "subtract": lambda p, c, dest: Position(
+        dest, p.closed_amount - c.event_amount, p.settled_amount
+    ),
+    "restore": lambda p, _c, dest: Position(dest, p.settled_amount or 0, p.settled_amount),
+    "settle": lambda p, _c, dest: Position(dest, p.closed_amount, p.closed_amount),
+}
+
+
+# --- the compiled table: the planner's hot path -------------------------------------------------
+
+
+@attrs.frozen
+class _Compiled:
+    dest: str
+    rule: str
+    guards: tuple[Guard, ...]
+    effect: Effect
+
+
+def _compile() -> dict[tuple[str, str], tuple[_Compiled, ...]]:
+    table: dict[tuple[str, str], list[_Compiled]] = {}
+    for spec in TRANSITIONS:
+        row = _Compiled(
+            spec.dest, spec.rule, tuple(GUARDS[g] for g in spec.guards), EFFECTS[spec.effect]
+        )
+        table.setdefault((spec.source, spec.trigger), []).append(row)
+    return {key: tuple(rows) for key, rows in table.items()}
+
+
+_TABLE: Final = _compile()
+
+
+def _no_transition(pos: Position, trigger: str, ctx: Context) -> RuleViolation:
+    action = next((a for a, t in DO_ACTION_TRIGGERS.items() if t == trigger), None)
+    if action is not None and not _rules.action_applies_to_kind(action.value, ctx.kind):
+        return RuleViolation(
+            "R8", f"UnionPay orders are closed at authorization; {action} does not apply"
+        )
+    what = f"{action.value} ({trigger})" if action is not None else trigger
+    return RuleViolation(
+        "R9", f"{what} is not possible for an order that is {pos.state.replace('_', ' ')}"
+    )
+
+
+def fire(pos: Position, trigger: str, ctx: Context) -> tuple[Position, str]:
+    """Apply ``trigger`` to ``pos``; return the new position and the rule of the row taken.
+
+    Raises the first failed guard's :class:`RuleViolation` (R-numbered) when no row applies.
+    """
+    rows = _TABLE.get((pos.state, trigger))
+    if rows is None:
+        raise _no_transition(pos, trigger, ctx)
+    first: RuleViolation | None = None
+    for row in rows:
+        for guard in row.guards:
+            refusal = guard(pos, ctx)
+            if refusal is not None:
+                first = first or refusal
+                break
+        else:
+            return row.effect(pos, ctx, row.dest), row.rule
+    assert first is not None  # every row had a failing guard
+    raise first
+
+
+# --- the shared transitions Machine ---------------------------------------------------------------
+
+
+class _RuledTransition(Transition):
+    """A transition that also carries the spec rule that allows it."""
+
+    def __init__(self, *args: Any, rule: str = "", effect: str = "keep", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rule = rule
+        self.effect = effect
+
+
+class _LifecycleMachine(Machine):
+    transition_cls = _RuledTransition
+
+
+class _Holder:
+    """The one private model the shared machine drives; loaded per call under ``_LOCK``."""
+
+    state: str
+
+    def __init__(self) -> None:
+        self.position = Position(UNAUTHORIZED, 0, None)
+        self.context: Context | None = None
+        self.refusal: RuleViolation | None = None
+
+
+def _machine_guard(name: str) -> Callable[[EventData], bool]:
+    guard = GUARDS[name]
+
+    def condition(event: EventData) -> bool:
+        holder = cast(_Holder, event.model)
+        assert holder.context is not None
+        refusal = guard(holder.position, holder.context)
+        if refusal is not None and holder.refusal is None:
+            holder.refusal = refusal
+        return refusal is None
+
+    return condition
+
+
+def _machine_effect(event: EventData) -> None:
+    holder = cast(_Holder, event.model)
+    transition = event.transition
+    assert holder.context is not None
+    assert isinstance(transition, _RuledTransition)
+    assert transition.dest is not None
+    holder.position = EFFECTS[transition.effect](holder.position, holder.context, transition.dest)
+
+
+_HOLDER: Final = _Holder()
+_LOCK: Final = threading.Lock()
+MACHINE: Final = _LifecycleMachine(
+    model=_HOLDER,
+    states=list(MACHINE_STATES),
+    initial=UNAUTHORIZED,
+    auto_transitions=False,
+    send_event=True,
+    ignore_invalid_triggers=False,
+)
+for _spec in TRANSITIONS:
+    MACHINE.add_transition(
+        _spec.trigger,
+        _spec.source,
+        _spec.dest,
+        conditions=[_machine_guard(g) for g in _spec.guards],
+        after=_machine_effect,
+        rule=_spec.rule,
+        effect=_spec.effect,
+    )
+del _spec
+
+
+def fire_via_machine(pos: Position, trigger: str, ctx: Context) -> tuple[Position, str]:
+    """The same as :func:`fire`, through the shared ``transitions`` machine (slow; for tests).
+
+    The two must always agree; ``tests/test_lifecycle.py`` checks it.
+    """
+    with _LOCK:
+        MACHINE.set_state(pos.state, model=_HOLDER)
+        _HOLDER.position = pos
+        _HOLDER.context = ctx
+        _HOLDER.refusal = None
+        event = MACHINE.events.get(trigger)
+        if event is None or pos.state not in event.transitions:
+            raise _no_transition(pos, trigger, ctx)
+        moved = _HOLDER.trigger(trigger)  # type: ignore[attr-defined]
+        if not moved:
+            assert _HOLDER.refusal is not None
+            raise _HOLDER.refusal
+        taken = [
+            t
+            for t in event.transitions[pos.state]
+            if isinstance(t, _RuledTransition) and t.dest == _HOLDER.state
+        ]
+        return _HOLDER.position, taken[0].rule
+
+
+def state_of(machine_state: str) -> State:
+    """The public :class:`State` a machine state is shown as."""
+    return _STATE_OF[machine_state]
+
+
+def position_of(snapshot: OrderSnapshot) -> Position:
+    """Where a snapshot stands in the machine (R9 tells the two TO_CLOSE flavours apart)."""
+    state = snapshot.state
+    if state is State.TO_CLOSE:
+        name = TO_CLOSE_REFUND if snapshot.capture_settled else TO_CLOSE_CAPTURE
+    else:
+        name = state.value
+    settled = snapshot.closed_amount if state in (State.CLOSED, State.REFUNDED) else None
+    return Position(name, snapshot.closed_amount, settled)
+
+
+def context_of(snapshot: OrderSnapshot, now: dt.datetime, event_amount: int = 0) -> Context:
+    """The guards' context for ``snapshot`` at ``now`` with an event's ``TotalAmount``."""
+    return Context(
+        snapshot.amount,
+        snapshot.kind,
+        snapshot.auto_close,
+        snapshot.authorized_at,
+        now,
+        event_amount,
+    )
+
+
+def settled_after(machine_state: str, before: bool) -> bool:
+    """Whether a capture has settled once the order is in ``machine_state`` (``before``: it had)."""
+    if machine_state in (TO_CLOSE_REFUND, CLOSED, REFUNDED):
+        return True
+    if machine_state in (AUTHORIZED, TO_CLOSE_CAPTURE, UNAUTHORIZED, ABANDONED):
+        return False
+    return before

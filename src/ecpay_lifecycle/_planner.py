@@ -1,0 +1,255 @@
+"""The planner: snapshot + intent + now -> a :class:`Plan`, or a :class:`RuleViolation` (spec 8).
+
+No I/O. The planner picks the recipe (R9, R13, R18) and then walks every step through the
+lifecycle table (:func:`._lifecycle.fire`), whose guards enforce the remaining rules, so the plan
+it returns states what the order must look like after each step (for the client to confirm,
+spec section 9). Refusals name the rule, say why in one sentence, and say when the action becomes
+possible where waiting helps.
+
+Order of checks: the caller's input (typed errors), then what the order's state makes permanently
+impossible, then the order's kind, then the time of day (R5) and the day count (R6, R7).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from . import _lifecycle, _rules
+from ._exceptions import InvalidAmount, InvalidArgumentType, RefundExceedsCaptured, RuleViolation
+from ._models import (
+    Action,
+    Intent,
+    OrderSnapshot,
+    PaymentKind,
+    Plan,
+    State,
+    Step,
+    check_amount,
+    check_aware,
+)
+
+__all__ = ["plan_abandon", "plan_capture", "plan_refund"]
+
+#: ECPay's advice for error_nopay: the authorization may appear within 10 minutes.
+_NOPAY_RETRY = dt.timedelta(minutes=10)
+
+
+def plan_refund(
+    snapshot: OrderSnapshot,
+    amount: int | None = None,
+    *,
+    now: dt.datetime,
+    capture_first: bool = False,
+) -> Plan:
+    """Plan returning ``amount`` TWD (``None``: everything that is left) to the card holder.
+
+    The recipe is R9: Authorized -> N (full only, R14; a part only as C then R when
+    ``capture_first``, R18); a pending capture -> E then N for all (R13) or R for a part;
+    a pending refund or Closed -> R. Instalment and bonus orders refund only in full (R11, R12);
+    no refund exceeds what is still captured (R10).
+    """
+    _check_snapshot(snapshot)
+    check_aware(now)
+    if amount is not None:
+        check_amount(amount)
+        if amount > snapshot.amount:
+            raise InvalidAmount(
+                f"a refund of {amount} TWD is more than the order's {snapshot.amount} TWD (R19)",
+                merchant_trade_no=snapshot.merchant_trade_no,
+            )
+    if not isinstance(capture_first, bool):
+        raise InvalidArgumentType(
+            f"capture_first must be a bool, not {type(capture_first).__name__}"
+        )
+
+    _refuse_unless_actionable(snapshot, Intent.REFUND, now)
+    refundable = snapshot.refundable
+    wanted = refundable if amount is None else amount
+    if wanted > refundable:
+        raise RefundExceedsCaptured(
+            f"a refund of {wanted} TWD is more than the {refundable} TWD still refundable",
+            refundable=refundable,
+            merchant_trade_no=snapshot.merchant_trade_no,
+        )
+    full = wanted == refundable
+    if snapshot.kind.full_refund_only and not full:
+        rule = "R11" if snapshot.kind is PaymentKind.INSTALLMENT else "R12"
+        what = "instalment" if snapshot.kind is PaymentKind.INSTALLMENT else "bonus-point"
+        raise RuleViolation(
+            rule,
+            f"{what} orders can only be refunded in full ({refundable} TWD), not {wanted} TWD",
+            merchant_trade_no=snapshot.merchant_trade_no,
+        )
+
+    actions: tuple[tuple[Action, int], ...]
+    if snapshot.state is State.AUTHORIZED:
+        if full:
+            actions = ((Action.ABANDON, snapshot.amount),)
+            reason = "R9: an order that is only authorized is refunded by abandoning it (N)"
+        elif capture_first:
+            actions = ((Action.CLOSE, snapshot.amount), (Action.REFUND, wanted))
+            reason = "R18: part of an authorized order is refunded by closing it (C), then R"
+        else:
+            raise RuleViolation(
+                "R18",
+                "part of an order that is only authorized cannot be refunded directly; "
+                "capture it first (capture_first=True) or wait for the daily close",
+                retry_at=_rules.next_batch_end(now) if snapshot.auto_close else None,
+                merchant_trade_no=snapshot.merchant_trade_no,
+            )
+    elif snapshot.pending_capture and full:
+        actions = ((Action.CANCEL, snapshot.amount), (Action.ABANDON, snapshot.amount))
+        reason = "R13: a full refund before the daily batch is cancel (E) then abandon (N)"
+    else:
+        actions = ((Action.REFUND, wanted),)
+        reason = (
+            "R9: part of a pending capture is refunded with R"
+            if snapshot.pending_capture
+            else "R9: a captured order is refunded with R"
+        )
+    return _walk(snapshot, Intent.REFUND, actions, now, reason)
+
+
+def plan_capture(snapshot: OrderSnapshot, *, now: dt.datetime) -> Plan:
+    """Plan closing (capturing) the order: Authorized -> C; any other state is refused.
+
+    With auto-close off C is possible for 21 days (R6); UnionPay is closed at authorization (R8).
+    """
+    _check_snapshot(snapshot)
+    check_aware(now)
+    if snapshot.kind is PaymentKind.UNIONPAY:
+        raise RuleViolation(
+            "R8",
+            "UnionPay orders are closed at authorization; there is nothing to capture",
+            merchant_trade_no=snapshot.merchant_trade_no,
+        )
+    _refuse_unless_actionable(snapshot, Intent.CAPTURE, now)
+    if snapshot.state is not State.AUTHORIZED:
+        what = (
+            "is already waiting for the daily batch to capture it"
+            if snapshot.pending_capture
+            else "has already been captured"
+        )
+        raise RuleViolation("R9", f"the order {what}", merchant_trade_no=snapshot.merchant_trade_no)
+    return _walk(
+        snapshot,
+        Intent.CAPTURE,
+        ((Action.CLOSE, snapshot.amount),),
+        now,
+        "R9: an authorized order is captured by closing it (C)",
+    )
+
+
+def plan_abandon(snapshot: OrderSnapshot, *, now: dt.datetime) -> Plan:
+    """Plan releasing the card hold without capture: Authorized -> N; pending capture -> E, N.
+
+    Anything settled cannot be abandoned (refund it instead, R9); N is always whole (R14).
+    """
+    _check_snapshot(snapshot)
+    check_aware(now)
+    if snapshot.kind is PaymentKind.UNIONPAY:
+        raise RuleViolation(
+            "R8",
+            "UnionPay orders are closed at authorization and cannot be abandoned; refund instead",
+            merchant_trade_no=snapshot.merchant_trade_no,
+        )
+    _refuse_unless_actionable(snapshot, Intent.ABANDON, now)
+    if snapshot.state is State.AUTHORIZED:
+        actions: tuple[tuple[Action, int], ...] = ((Action.ABANDON, snapshot.amount),)
+        reason = "R14: abandoning an authorized order is N for the whole amount"
+    elif snapshot.pending_capture:
+        actions = ((Action.CANCEL, snapshot.amount), (Action.ABANDON, snapshot.amount))
+        reason = "R15: a pending capture is cancelled (E), which restores the hold, then N"
+    else:
+        raise RuleViolation(
+            "R9",
+            "the capture has settled, so the order cannot be abandoned; refund it instead",
+            merchant_trade_no=snapshot.merchant_trade_no,
+        )
+    return _walk(snapshot, Intent.ABANDON, actions, now, reason)
+
+
+def _check_snapshot(snapshot: object) -> None:
+    if not isinstance(snapshot, OrderSnapshot):
+        raise InvalidArgumentType(
+            f"snapshot must be an OrderSnapshot, not {type(snapshot).__name__}"
+        )
+
+
+def _refuse_unless_actionable(snapshot: OrderSnapshot, intent: Intent, now: dt.datetime) -> None:
+    """Refusals that no amount, kind or time changes: the state leaves nothing to do."""
+    state = snapshot.state
+    order = snapshot.merchant_trade_no
+    if state is State.UNAUTHORIZED:
+        raise RuleViolation(
+            "R3",
+            "the card has not been authorized yet; ECPay advises querying again in 10 minutes",
+            retry_at=now + _NOPAY_RETRY,
+            merchant_trade_no=order,
+        )
+    if state is State.UNSETTLED:
+        raise RuleViolation(
+            "R3",
+            "the bank or ECPay's batch is still working on this order (or it is disputed); "
+            "query it again later",
+            merchant_trade_no=order,
+        )
+    if state is State.REFUNDED:
+        raise RuleViolation(
+            "R10", "the order has been refunded in full; nothing is left", merchant_trade_no=order
+        )
+    if state is State.ABANDONED:
+        if intent is Intent.REFUND:
+            raise RuleViolation(
+                "R10",
+                "the authorization was abandoned; nothing was captured, nothing to refund",
+                merchant_trade_no=order,
+            )
+        raise RuleViolation(
+            "R14", "the authorization has already been abandoned", merchant_trade_no=order
+        )
+
+
+def _walk(
+    snapshot: OrderSnapshot,
+    intent: Intent,
+    actions: tuple[tuple[Action, int], ...],
+    now: dt.datetime,
+    reason: str,
+) -> Plan:
+    """Walk ``actions`` through the lifecycle table; its guards enforce R5-R19 at each step."""
+    position = _lifecycle.position_of(snapshot)
+    settled = snapshot.capture_settled
+    steps = []
+    try:
+        for action, amount in actions:
+            context = _lifecycle.context_of(snapshot, now, amount)
+            position, rule = _lifecycle.fire(
+                position, _lifecycle.DO_ACTION_TRIGGERS[action], context
+            )
+            settled = _lifecycle.settled_after(position.state, settled)
+            steps.append(
+                Step(
+                    action=action,
+                    amount=amount,
+                    state_after=_lifecycle.state_of(position.state),
+                    closed_amount_after=position.closed_amount,
+                    capture_settled_after=settled,
+                    rule=rule,
+                )
+            )
+    except RuleViolation as refusal:
+        refusal.merchant_trade_no = snapshot.merchant_trade_no
+        raise
+    last = steps[-1]
+    # What the card holder is still charged or held for after the last step (see refundable).
+    held_after = (
+        snapshot.amount if last.state_after is State.AUTHORIZED else last.closed_amount_after
+    )
+    return Plan(
+        intent=intent,
+        merchant_trade_no=snapshot.merchant_trade_no,
+        steps=tuple(steps),
+        refund_total=0 if intent is Intent.CAPTURE else snapshot.refundable - held_after,
+        reason=reason,
+    )
