@@ -35,6 +35,7 @@ from ._models import (
     State,
     Step,
 )
+from ._planner import plan_abandon, plan_capture, plan_refund
 
 __version__ = "0.1.0.dev0"
 
@@ -64,4 +65,7 @@ __all__ = [
     "Step",
     "TransportError",
     "UnknownStatusError",
+    "plan_abandon",
+    "plan_capture",
+    "plan_refund",
 ]
