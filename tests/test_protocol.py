@@ -198,6 +198,14 @@ def test_is_stage(url: str, stage: bool) -> None:
     assert is_stage(url) is stage
 
 
+@pytest.mark.parametrize(
+    ("url", "error"), [("http://[", ConfigurationError), (None, InvalidArgumentType)]
+)
+def test_is_stage_rejects_what_is_not_a_url(url: object, error: type[EcpayError]) -> None:
+    with pytest.raises(error):
+        is_stage(url)  # type: ignore[arg-type]
+
+
 # -- credentials ------------------------------------------------------------------------------
 
 

@@ -91,9 +91,17 @@ _HINTS = {
 
 
 def is_stage(base_url: str) -> bool:
-    """Whether ``base_url`` points at an ECPay stage host, where DoAction cannot run (spec 1)."""
-    parts = urllib.parse.urlsplit(base_url if "//" in base_url else f"//{base_url}")
-    host = (parts.hostname or "").rstrip(".")
+    """Whether ``base_url`` points at an ECPay stage host, where DoAction cannot run (spec 1).
+
+    A value that is not a URL raises :class:`ConfigurationError`.
+    """
+    if not isinstance(base_url, str):
+        raise InvalidArgumentType(f"base_url must be a str, not {type(base_url).__name__}")
+    try:
+        parts = urllib.parse.urlsplit(base_url if "//" in base_url else f"//{base_url}")
+        host = (parts.hostname or "").rstrip(".")
+    except ValueError as exc:
+        raise ConfigurationError(f"base_url is not a URL: {base_url!r}") from exc
     return host.endswith("ecpay.com.tw") and host.split(".", 1)[0].endswith("-stage")
 
 
