@@ -458,6 +458,10 @@ def test_refunding_everything_always_ends_with_nothing_held(
 ) -> None:
     assume(outside_window(now) or not snap.auto_close)
     assume(snap.refundable > 0)
+    past_day_90 = now > snap.authorized_at + dt.timedelta(days=90)
+    if snap.state is State.AUTHORIZED and not snap.auto_close and past_day_90:
+        refused(lambda: plan_refund(attrs.evolve(snap, merchant_trade_no="A1"), now=now), "R7")
+        return
     plan = plan_refund(snap, now=now)
     assert plan.final_closed_amount == 0
     assert plan.final_state in (State.ABANDONED, State.TO_CLOSE)

@@ -248,3 +248,16 @@ def test_snapshot_defaults_and_views() -> None:
     assert authorized.capture_settled is False
     assert authorized.refundable == 1000
     assert snap(state=State.REFUNDED, closed_amount=0).refundable == 0
+
+
+@given(instants())
+def test_taipei_second_of_day_matches_astimezone(now: dt.datetime) -> None:
+    local = now.astimezone(TAIPEI)
+    assert _rules.taipei_second_of_day(now) == local.hour * 3600 + local.minute * 60 + local.second
+
+
+@given(st.integers(-14 * 60, 14 * 60), st.integers(0, 86400 * 3 - 1))
+def test_taipei_second_of_day_in_any_offset(offset_minutes: int, second: int) -> None:
+    zone = dt.timezone(dt.timedelta(minutes=offset_minutes))
+    now = (dt.datetime(2026, 11, 24, tzinfo=TAIPEI) + dt.timedelta(seconds=second)).astimezone(zone)
+    assert _rules.taipei_second_of_day(now) == second % 86400

@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, Final, cast
+from typing import Any, Final, NamedTuple, Protocol, cast
 
 import attrs
 from transitions import EventData, Machine, Transition
@@ -85,10 +85,12 @@ _STATE_OF: Final[Mapping[str, State]] = {
 }
 
 
-@attrs.frozen
-class Position:
+class Position(NamedTuple):
     """Where an order stands in the machine: state, net closed amount (ClsAmt), and the amount
-    the last batch settled (``None`` when unknown), which E on a pending refund restores (R15)."""
+    the last batch settled (``None`` when unknown), which E on a pending refund restores (R15).
+
+    A NamedTuple rather than an attrs value: it is internal, immutable, and made at every step
+    of the planner's hot path, where a tuple is half the cost."""
 
     state: str
     closed_amount: int
@@ -213,39 +215,59 @@ TRANSITIONS: Final[tuple[TransitionSpec, ...]] = (
     ),
 )
 
-Guard = Callable[[Position, Context], RuleViolation | None]
+
+class Facts(Protocol):
+    """The order's fixed facts the guards read: an :class:`OrderSnapshot` or a :class:`Context`."""
+
+    @property
+    def amount(self) -> int: ...
+    @property
+    def kind(self) -> PaymentKind: ...
+    @property
+    def auto_close(self) -> bool: ...
+    @property
+    def authorized_at(self) -> dt.datetime: ...
 
 
-def _outside_blackout(_pos: Position, ctx: Context) -> RuleViolation | None:
-    if _rules.in_blackout(ctx.now, ctx.auto_close):
+#: A guard reads the position, the order's facts, ``now`` and the event's TotalAmount; it returns
+#: the refusal, or None when the row may be taken.
+Guard = Callable[[Position, Facts, dt.datetime, int], RuleViolation | None]
+
+_FULL_ONLY: Final = frozenset(kind for kind in PaymentKind if kind.full_refund_only)
+
+
+def _outside_blackout(_p: Position, o: Facts, now: dt.datetime, _a: int) -> RuleViolation | None:
+    if o.auto_close and _rules.in_blackout(now, True):
         return RuleViolation(
             "R5",
             "ECPay runs its daily close at 20:15 Taipei; actions are not allowed until 20:30",
-            retry_at=_rules.blackout_retry_at(ctx.now),
+            retry_at=_rules.blackout_retry_at(now),
         )
     return None
 
 
-def _amount_in_range(_pos: Position, ctx: Context) -> RuleViolation | None:
-    if not 0 < ctx.event_amount <= ctx.amount:
+def _amount_in_range(_p: Position, o: Facts, _now: dt.datetime, a: int) -> RuleViolation | None:
+    if not 0 < a <= o.amount:
         return RuleViolation(
             "R19",
-            f"the amount must be a positive whole TWD no larger than the order's {ctx.amount}",
+            f"the amount must be a positive whole TWD no larger than the order's {o.amount}",
         )
     return None
 
 
-def _whole_order_amount(_pos: Position, ctx: Context) -> RuleViolation | None:
-    if ctx.event_amount != ctx.amount:
+def _whole_order_amount(_p: Position, o: Facts, _now: dt.datetime, a: int) -> RuleViolation | None:
+    if a != o.amount:
         return RuleViolation(
             "R14",
-            f"this action always covers the whole order ({ctx.amount} TWD), never part of it",
+            f"this action always covers the whole order ({o.amount} TWD), never part of it",
         )
     return None
 
 
-def _within_capture_window(_pos: Position, ctx: Context) -> RuleViolation | None:
-    if not _rules.within_capture_window(ctx.authorized_at, ctx.now, ctx.auto_close):
+def _within_capture_window(
+    _p: Position, o: Facts, now: dt.datetime, _a: int
+) -> RuleViolation | None:
+    if not _rules.within_capture_window(o.authorized_at, now, o.auto_close):
         return RuleViolation(
             "R6",
             "the 21 days to close this order have passed; ECPay's support must close it "
@@ -254,8 +276,10 @@ def _within_capture_window(_pos: Position, ctx: Context) -> RuleViolation | None
     return None
 
 
-def _before_forced_abandon(_pos: Position, ctx: Context) -> RuleViolation | None:
-    if not ctx.auto_close and ctx.now > _rules.forced_abandon_at(ctx.authorized_at):
+def _before_forced_abandon(
+    _p: Position, o: Facts, now: dt.datetime, _a: int
+) -> RuleViolation | None:
+    if not o.auto_close and now > _rules.forced_abandon_at(o.authorized_at):
         return RuleViolation(
             "R7",
             "ECPay abandons orders left unclosed for 90 days; query the order, it is already "
@@ -264,27 +288,26 @@ def _before_forced_abandon(_pos: Position, ctx: Context) -> RuleViolation | None
     return None
 
 
-def _refund_kind_allows(pos: Position, ctx: Context) -> RuleViolation | None:
-    if ctx.kind.full_refund_only and ctx.event_amount != pos.closed_amount:
+def _refund_kind_allows(p: Position, o: Facts, _now: dt.datetime, a: int) -> RuleViolation | None:
+    if a != p.closed_amount and o.kind in _FULL_ONLY:
         rule, what = (
-            ("R11", "instalment") if ctx.kind is PaymentKind.INSTALLMENT else ("R12", "bonus-point")
+            ("R11", "instalment") if o.kind is PaymentKind.INSTALLMENT else ("R12", "bonus-point")
         )
         return RuleViolation(rule, f"{what} orders can only be refunded in full")
     return None
 
 
-def _within_captured(pos: Position, ctx: Context) -> RuleViolation | None:
-    if ctx.event_amount > pos.closed_amount:
+def _within_captured(p: Position, _o: Facts, _now: dt.datetime, a: int) -> RuleViolation | None:
+    if a > p.closed_amount:
         return RuleViolation(
             "R10",
-            f"a refund of {ctx.event_amount} TWD is more than the {pos.closed_amount} TWD "
-            "still captured",
+            f"a refund of {a} TWD is more than the {p.closed_amount} TWD still captured",
         )
     return None
 
 
-def _partial_only(pos: Position, ctx: Context) -> RuleViolation | None:
-    if ctx.event_amount >= pos.closed_amount:
+def _partial_only(p: Position, _o: Facts, _now: dt.datetime, a: int) -> RuleViolation | None:
+    if a >= p.closed_amount:
         return RuleViolation(
             "R13",
             "before the daily batch a full refund is a cancel (E) then an abandon (N), not R",
@@ -292,8 +315,10 @@ def _partial_only(pos: Position, ctx: Context) -> RuleViolation | None:
     return None
 
 
-def _settled_amount_known(pos: Position, _ctx: Context) -> RuleViolation | None:
-    if pos.settled_amount is None:
+def _settled_amount_known(
+    p: Position, _o: Facts, _now: dt.datetime, _a: int
+) -> RuleViolation | None:
+    if p.settled_amount is None:
         return RuleViolation(
             "R15",
             "cancelling a pending refund restores the last settled amount, which this "
@@ -302,9 +327,9 @@ def _settled_amount_known(pos: Position, _ctx: Context) -> RuleViolation | None:
     return None
 
 
-def _predicate(test: Callable[[Position, Context], bool], rule: str, why: str) -> Guard:
-    def guard(pos: Position, ctx: Context) -> RuleViolation | None:
-        return None if test(pos, ctx) else RuleViolation(rule, why)
+def _predicate(test: Callable[[Position, Facts, dt.datetime], bool], rule: str, why: str) -> Guard:
+    def guard(pos: Position, order: Facts, now: dt.datetime, _a: int) -> RuleViolation | None:
+        return None if test(pos, order, now) else RuleViolation(rule, why)
 
     return guard
 
@@ -320,34 +345,33 @@ GUARDS: Final[Mapping[str, Guard]] = {
     "partial_only": _partial_only,
     "settled_amount_known": _settled_amount_known,
     "not_unionpay": _predicate(
-        lambda _p, c: c.kind is not PaymentKind.UNIONPAY,
+        lambda _p, o, _n: o.kind is not PaymentKind.UNIONPAY,
         "R8",
         "UnionPay orders are closed at authorization; only refunds (R) apply to them",
     ),
     "is_unionpay": _predicate(
-        lambda _p, c: c.kind is PaymentKind.UNIONPAY, "R8", "only UnionPay closes at once"
+        lambda _p, o, _n: o.kind is PaymentKind.UNIONPAY, "R8", "only UnionPay closes at once"
     ),
-    "auto_close_on": _predicate(lambda _p, c: c.auto_close, "R5", "auto-close is off"),
-    "auto_close_off": _predicate(lambda _p, c: not c.auto_close, "R7", "auto-close is on"),
+    "auto_close_on": _predicate(lambda _p, o, _n: o.auto_close, "R5", "auto-close is off"),
+    "auto_close_off": _predicate(lambda _p, o, _n: not o.auto_close, "R7", "auto-close is on"),
     "past_forced_abandon": _predicate(
-        lambda _p, c: c.now > _rules.forced_abandon_at(c.authorized_at), "R7", "before day 90"
+        lambda _p, o, n: n > _rules.forced_abandon_at(o.authorized_at), "R7", "before day 90"
     ),
-    "something_left": _predicate(lambda p, _c: p.closed_amount > 0, "R5", "nothing left"),
-    "nothing_left": _predicate(lambda p, _c: p.closed_amount == 0, "R5", "something left"),
+    "something_left": _predicate(lambda p, _o, _n: p.closed_amount > 0, "R5", "nothing left"),
+    "nothing_left": _predicate(lambda p, _o, _n: p.closed_amount == 0, "R5", "something left"),
 }
 
-Effect = Callable[[Position, Context, str], Position]
+#: An effect computes the position after a row is taken: (before, facts, TotalAmount, dest).
+Effect = Callable[[Position, Facts, int, str], Position]
 
 EFFECTS: Final[Mapping[str, Effect]] = {
-    "keep": lambda p, _c, dest: Position(dest, p.closed_amount, p.settled_amount),
-    "zero": lambda p, _c, dest: Position(dest, 0, p.settled_amount),
-    "close_all": lambda p, c, dest: Position(dest, c.amount, p.settled_amount),
-    "close_and_settle": lambda _p, c, dest: Position(dest, c.amount, c.amount),
-    "subtract": lambda p, c, dest: Position(
-        dest, p.closed_amount - c.event_amount, p.settled_amount
-    ),
-    "restore": lambda p, _c, dest: Position(dest, p.settled_amount or 0, p.settled_amount),
-    "settle": lambda p, _c, dest: Position(dest, p.closed_amount, p.closed_amount),
+    "keep": lambda p, _o, _a, dest: Position(dest, p.closed_amount, p.settled_amount),
+    "zero": lambda p, _o, _a, dest: Position(dest, 0, p.settled_amount),
+    "close_all": lambda p, o, _a, dest: Position(dest, o.amount, p.settled_amount),
+    "close_and_settle": lambda _p, o, _a, dest: Position(dest, o.amount, o.amount),
+    "subtract": lambda p, _o, a, dest: Position(dest, p.closed_amount - a, p.settled_amount),
+    "restore": lambda p, _o, _a, dest: Position(dest, p.settled_amount or 0, p.settled_amount),
+    "settle": lambda p, _o, _a, dest: Position(dest, p.closed_amount, p.closed_amount),
 }
 
 
@@ -358,15 +382,35 @@ EFFECTS: Final[Mapping[str, Effect]] = {
 class _Compiled:
     dest: str
     rule: str
-    guards: tuple[Guard, ...]
+    check: Guard
     effect: Effect
+
+
+def _chain(guards: tuple[Guard, ...]) -> Guard:
+    """One function that runs ``guards`` in order and returns the first refusal."""
+    if not guards:
+        return lambda _p, _o, _n, _a: None
+    if len(guards) == 1:
+        return guards[0]
+
+    def check(pos: Position, order: Facts, now: dt.datetime, amount: int) -> RuleViolation | None:
+        for guard in guards:
+            refusal = guard(pos, order, now, amount)
+            if refusal is not None:
+                return refusal
+        return None
+
+    return check
 
 
 def _compile() -> dict[tuple[str, str], tuple[_Compiled, ...]]:
     table: dict[tuple[str, str], list[_Compiled]] = {}
     for spec in TRANSITIONS:
         row = _Compiled(
-            spec.dest, spec.rule, tuple(GUARDS[g] for g in spec.guards), EFFECTS[spec.effect]
+            spec.dest,
+            spec.rule,
+            _chain(tuple(GUARDS[g] for g in spec.guards)),
+            EFFECTS[spec.effect],
         )
         table.setdefault((spec.source, spec.trigger), []).append(row)
     return {key: tuple(rows) for key, rows in table.items()}
@@ -375,9 +419,9 @@ def _compile() -> dict[tuple[str, str], tuple[_Compiled, ...]]:
 _TABLE: Final = _compile()
 
 
-def _no_transition(pos: Position, trigger: str, ctx: Context) -> RuleViolation:
+def _no_transition(pos: Position, trigger: str, order: Facts) -> RuleViolation:
     action = next((a for a, t in DO_ACTION_TRIGGERS.items() if t == trigger), None)
-    if action is not None and not _rules.action_applies_to_kind(action.value, ctx.kind):
+    if action is not None and not _rules.action_applies_to_kind(action.value, order.kind):
         return RuleViolation(
             "R8", f"UnionPay orders are closed at authorization; {action} does not apply"
         )
@@ -387,25 +431,31 @@ def _no_transition(pos: Position, trigger: str, ctx: Context) -> RuleViolation:
     )
 
 
-def fire(pos: Position, trigger: str, ctx: Context) -> tuple[Position, str]:
-    """Apply ``trigger`` to ``pos``; return the new position and the rule of the row taken.
+def step(
+    pos: Position, trigger: str, order: Facts, now: dt.datetime, amount: int
+) -> tuple[Position, str]:
+    """Apply ``trigger`` with TotalAmount ``amount`` at ``now`` to an order at ``pos``.
 
-    Raises the first failed guard's :class:`RuleViolation` (R-numbered) when no row applies.
+    Returns the new position and the rule of the row taken; raises the first failed guard's
+    :class:`RuleViolation` (R-numbered) when no row applies. ``order`` is anything with the
+    order's ``amount``, ``kind``, ``auto_close`` and ``authorized_at`` (a snapshot will do).
     """
     rows = _TABLE.get((pos.state, trigger))
     if rows is None:
-        raise _no_transition(pos, trigger, ctx)
+        raise _no_transition(pos, trigger, order)
     first: RuleViolation | None = None
     for row in rows:
-        for guard in row.guards:
-            refusal = guard(pos, ctx)
-            if refusal is not None:
-                first = first or refusal
-                break
-        else:
-            return row.effect(pos, ctx, row.dest), row.rule
+        refusal = row.check(pos, order, now, amount)
+        if refusal is None:
+            return row.effect(pos, order, amount, row.dest), row.rule
+        first = first or refusal
     assert first is not None  # every row had a failing guard
     raise first
+
+
+def fire(pos: Position, trigger: str, ctx: Context) -> tuple[Position, str]:
+    """:func:`step` with the facts, ``now`` and TotalAmount carried by one :class:`Context`."""
+    return step(pos, trigger, ctx, ctx.now, ctx.event_amount)
 
 
 # --- the shared transitions Machine ---------------------------------------------------------------
@@ -440,8 +490,9 @@ def _machine_guard(name: str) -> Callable[[EventData], bool]:
 
     def condition(event: EventData) -> bool:
         holder = cast(_Holder, event.model)
-        assert holder.context is not None
-        refusal = guard(holder.position, holder.context)
+        ctx = holder.context
+        assert ctx is not None
+        refusal = guard(holder.position, ctx, ctx.now, ctx.event_amount)
         if refusal is not None and holder.refusal is None:
             holder.refusal = refusal
         return refusal is None
@@ -455,7 +506,10 @@ def _machine_effect(event: EventData) -> None:
     assert holder.context is not None
     assert isinstance(transition, _RuledTransition)
     assert transition.dest is not None
-    holder.position = EFFECTS[transition.effect](holder.position, holder.context, transition.dest)
+    ctx = holder.context
+    holder.position = EFFECTS[transition.effect](
+        holder.position, ctx, ctx.event_amount, transition.dest
+    )
 
 
 _HOLDER: Final = _Holder()
@@ -511,15 +565,27 @@ def state_of(machine_state: str) -> State:
     return _STATE_OF[machine_state]
 
 
+_NAME_OF: Final[Mapping[tuple[State, bool], str]] = {
+    (state, settled): (
+        (TO_CLOSE_REFUND if settled else TO_CLOSE_CAPTURE)
+        if state is State.TO_CLOSE
+        else state._value_
+    )
+    for state in State
+    for settled in (False, True)
+}
+_SETTLED_IS_KNOWN: Final = frozenset({State.CLOSED, State.REFUNDED})
+
+
 def position_of(snapshot: OrderSnapshot) -> Position:
     """Where a snapshot stands in the machine (R9 tells the two TO_CLOSE flavours apart)."""
     state = snapshot.state
-    if state is State.TO_CLOSE:
-        name = TO_CLOSE_REFUND if snapshot.capture_settled else TO_CLOSE_CAPTURE
-    else:
-        name = state.value
-    settled = snapshot.closed_amount if state in (State.CLOSED, State.REFUNDED) else None
-    return Position(name, snapshot.closed_amount, settled)
+    closed = snapshot.closed_amount
+    return Position(
+        _NAME_OF[state, snapshot.capture_settled],
+        closed,
+        closed if state in _SETTLED_IS_KNOWN else None,
+    )
 
 
 def context_of(snapshot: OrderSnapshot, now: dt.datetime, event_amount: int = 0) -> Context:
@@ -534,10 +600,17 @@ def context_of(snapshot: OrderSnapshot, now: dt.datetime, event_amount: int = 0)
     )
 
 
+_SETTLED_AFTER: Final[Mapping[str, bool]] = {
+    TO_CLOSE_REFUND: True,
+    CLOSED: True,
+    REFUNDED: True,
+    AUTHORIZED: False,
+    TO_CLOSE_CAPTURE: False,
+    UNAUTHORIZED: False,
+    ABANDONED: False,
+}
+
+
 def settled_after(machine_state: str, before: bool) -> bool:
     """Whether a capture has settled once the order is in ``machine_state`` (``before``: it had)."""
-    if machine_state in (TO_CLOSE_REFUND, CLOSED, REFUNDED):
-        return True
-    if machine_state in (AUTHORIZED, TO_CLOSE_CAPTURE, UNAUTHORIZED, ABANDONED):
-        return False
-    return before
+    return _SETTLED_AFTER.get(machine_state, before)

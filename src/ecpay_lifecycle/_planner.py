@@ -30,6 +30,15 @@ from ._models import (
 
 __all__ = ["plan_abandon", "plan_capture", "plan_refund"]
 
+# Each planned action with its trigger in the lifecycle table.
+_C = (Action.CLOSE, "close")
+_R = (Action.REFUND, "refund")
+_E = (Action.CANCEL, "cancel")
+_N = (Action.ABANDON, "abandon")
+
+_FULL_ONLY = frozenset(k for k in PaymentKind if k.full_refund_only)  # R11, R12
+_ACTIONABLE = frozenset(s for s in State if s.actionable)
+
 #: ECPay's advice for error_nopay: the authorization may appear within 10 minutes.
 _NOPAY_RETRY = dt.timedelta(minutes=10)
 
@@ -64,6 +73,7 @@ def plan_refund(
 
     _refuse_unless_actionable(snapshot, Intent.REFUND, now)
     refundable = snapshot.refundable
+    kind = snapshot.kind
     wanted = refundable if amount is None else amount
     if wanted > refundable:
         raise RefundExceedsCaptured(
@@ -72,22 +82,22 @@ def plan_refund(
             merchant_trade_no=snapshot.merchant_trade_no,
         )
     full = wanted == refundable
-    if snapshot.kind.full_refund_only and not full:
-        rule = "R11" if snapshot.kind is PaymentKind.INSTALLMENT else "R12"
-        what = "instalment" if snapshot.kind is PaymentKind.INSTALLMENT else "bonus-point"
+    if not full and kind in _FULL_ONLY:
+        rule = "R11" if kind is PaymentKind.INSTALLMENT else "R12"
+        what = "instalment" if kind is PaymentKind.INSTALLMENT else "bonus-point"
         raise RuleViolation(
             rule,
             f"{what} orders can only be refunded in full ({refundable} TWD), not {wanted} TWD",
             merchant_trade_no=snapshot.merchant_trade_no,
         )
 
-    actions: tuple[tuple[Action, int], ...]
+    actions: tuple[tuple[Action, str, int], ...]
     if snapshot.state is State.AUTHORIZED:
         if full:
-            actions = ((Action.ABANDON, snapshot.amount),)
+            actions = ((*_N, snapshot.amount),)
             reason = "R9: an order that is only authorized is refunded by abandoning it (N)"
         elif capture_first:
-            actions = ((Action.CLOSE, snapshot.amount), (Action.REFUND, wanted))
+            actions = ((*_C, snapshot.amount), (*_R, wanted))
             reason = "R18: part of an authorized order is refunded by closing it (C), then R"
         else:
             raise RuleViolation(
@@ -98,16 +108,16 @@ def plan_refund(
                 merchant_trade_no=snapshot.merchant_trade_no,
             )
     elif snapshot.pending_capture and full:
-        actions = ((Action.CANCEL, snapshot.amount), (Action.ABANDON, snapshot.amount))
+        actions = ((*_E, snapshot.amount), (*_N, snapshot.amount))
         reason = "R13: a full refund before the daily batch is cancel (E) then abandon (N)"
     else:
-        actions = ((Action.REFUND, wanted),)
+        actions = ((*_R, wanted),)
         reason = (
             "R9: part of a pending capture is refunded with R"
             if snapshot.pending_capture
             else "R9: a captured order is refunded with R"
         )
-    return _walk(snapshot, Intent.REFUND, actions, now, reason)
+    return _walk(snapshot, Intent.REFUND, actions, now, reason, refundable=refundable)
 
 
 def plan_capture(snapshot: OrderSnapshot, *, now: dt.datetime) -> Plan:
@@ -134,7 +144,7 @@ def plan_capture(snapshot: OrderSnapshot, *, now: dt.datetime) -> Plan:
     return _walk(
         snapshot,
         Intent.CAPTURE,
-        ((Action.CLOSE, snapshot.amount),),
+        ((*_C, snapshot.amount),),
         now,
         "R9: an authorized order is captured by closing it (C)",
     )
@@ -155,10 +165,10 @@ def plan_abandon(snapshot: OrderSnapshot, *, now: dt.datetime) -> Plan:
         )
     _refuse_unless_actionable(snapshot, Intent.ABANDON, now)
     if snapshot.state is State.AUTHORIZED:
-        actions: tuple[tuple[Action, int], ...] = ((Action.ABANDON, snapshot.amount),)
+        actions: tuple[tuple[Action, str, int], ...] = ((*_N, snapshot.amount),)
         reason = "R14: abandoning an authorized order is N for the whole amount"
     elif snapshot.pending_capture:
-        actions = ((Action.CANCEL, snapshot.amount), (Action.ABANDON, snapshot.amount))
+        actions = ((*_E, snapshot.amount), (*_N, snapshot.amount))
         reason = "R15: a pending capture is cancelled (E), which restores the hold, then N"
     else:
         raise RuleViolation(
@@ -179,6 +189,8 @@ def _check_snapshot(snapshot: object) -> None:
 def _refuse_unless_actionable(snapshot: OrderSnapshot, intent: Intent, now: dt.datetime) -> None:
     """Refusals that no amount, kind or time changes: the state leaves nothing to do."""
     state = snapshot.state
+    if state in _ACTIONABLE:
+        return
     order = snapshot.merchant_trade_no
     if state is State.UNAUTHORIZED:
         raise RuleViolation(
@@ -213,26 +225,26 @@ def _refuse_unless_actionable(snapshot: OrderSnapshot, intent: Intent, now: dt.d
 def _walk(
     snapshot: OrderSnapshot,
     intent: Intent,
-    actions: tuple[tuple[Action, int], ...],
+    actions: tuple[tuple[Action, str, int], ...],
     now: dt.datetime,
     reason: str,
+    *,
+    refundable: int | None = None,
 ) -> Plan:
     """Walk ``actions`` through the lifecycle table; its guards enforce R5-R19 at each step."""
     position = _lifecycle.position_of(snapshot)
     settled = snapshot.capture_settled
     steps = []
+    fire, state_of, settled_after = _lifecycle.step, _lifecycle.state_of, _lifecycle.settled_after
     try:
-        for action, amount in actions:
-            context = _lifecycle.context_of(snapshot, now, amount)
-            position, rule = _lifecycle.fire(
-                position, _lifecycle.DO_ACTION_TRIGGERS[action], context
-            )
-            settled = _lifecycle.settled_after(position.state, settled)
+        for action, trigger, amount in actions:
+            position, rule = fire(position, trigger, snapshot, now, amount)
+            settled = settled_after(position.state, settled)
             steps.append(
                 Step(
                     action=action,
                     amount=amount,
-                    state_after=_lifecycle.state_of(position.state),
+                    state_after=state_of(position.state),
                     closed_amount_after=position.closed_amount,
                     capture_settled_after=settled,
                     rule=rule,
@@ -250,6 +262,8 @@ def _walk(
         intent=intent,
         merchant_trade_no=snapshot.merchant_trade_no,
         steps=tuple(steps),
-        refund_total=0 if intent is Intent.CAPTURE else snapshot.refundable - held_after,
+        refund_total=0
+        if intent is Intent.CAPTURE
+        else (snapshot.refundable if refundable is None else refundable) - held_after,
         reason=reason,
     )

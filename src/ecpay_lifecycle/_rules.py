@@ -27,6 +27,7 @@ __all__ = [
     "full_refund_only",
     "in_blackout",
     "next_batch_end",
+    "taipei_second_of_day",
     "timestamp_fresh",
     "unclosed_notice_at",
     "within_capture_window",
@@ -39,6 +40,9 @@ TAIPEI = dt.timezone(dt.timedelta(hours=8), "Asia/Taipei")
 #: R5: the daily batch starts at 20:15 Taipei; DoAction is refused in [20:15, 20:30).
 BATCH_START = dt.time(20, 15)
 BATCH_END = dt.time(20, 30)
+_TAIPEI_OFFSET = 8 * 3600
+_BATCH_START_S = 20 * 3600 + 15 * 60
+_BATCH_END_S = 20 * 3600 + 30 * 60
 #: R6: with auto-close off, C is possible only within 21 days of authorization.
 CAPTURE_DAYS = 21
 #: R7: with auto-close off, a notice on day 80 and a forced abandon after day 90.
@@ -52,8 +56,19 @@ def in_blackout(now: dt.datetime, auto_close: bool) -> bool:
     """R5: whether DoAction is forbidden: auto-close on and ``now`` in [20:15, 20:30) Taipei."""
     if not auto_close:
         return False
-    local = now.astimezone(TAIPEI).time()
-    return BATCH_START <= local < BATCH_END
+    return _BATCH_START_S <= taipei_second_of_day(now) < _BATCH_END_S
+
+
+def taipei_second_of_day(now: dt.datetime) -> int:
+    """Whole seconds since midnight Asia/Taipei at ``now`` (aware), in any zone.
+
+    Plain arithmetic on the wall clock and its UTC offset: ``astimezone`` or ``timestamp``
+    cost more than the rest of a plan, and this runs at every planned step (R5).
+    """
+    offset = now.utcoffset()
+    assert offset is not None, "aware datetimes only"
+    wall = now.hour * 3600 + now.minute * 60 + now.second
+    return (wall - offset.days * 86400 - offset.seconds + _TAIPEI_OFFSET) % 86400
 
 
 def blackout_retry_at(now: dt.datetime) -> dt.datetime:
