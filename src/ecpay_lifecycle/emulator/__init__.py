@@ -1,0 +1,34 @@
+"""A faithful, stateful, local stand-in for ECPay's credit-card endpoints (spec section 10).
+
+ECPay's stage environment cannot run DoAction, so this is the only place a capture or refund
+flow can run end to end. Use :class:`Emulator` in tests through ``httpx.MockTransport``
+(:attr:`Emulator.handler`), over real HTTP with :func:`serving` or ``ecpay-lifecycle serve``, or
+mount :meth:`Emulator.asgi_app` in any ASGI server. See ``docs/emulator.md``.
+"""
+
+from __future__ import annotations
+
+from ._emulator import Emulator
+from ._events import Event, EventKind
+from ._faults import Endpoint, Fault, FaultRule, Faults
+from ._serve import serving
+from ._settings import DEFAULT_REFUSALS, EmulatorSettings, Refusal, RefusalReply, ReplyFlavour
+from ._state import CloseRow, OrderView
+
+__all__ = [
+    "DEFAULT_REFUSALS",
+    "CloseRow",
+    "Emulator",
+    "EmulatorSettings",
+    "Endpoint",
+    "Event",
+    "EventKind",
+    "Fault",
+    "FaultRule",
+    "Faults",
+    "OrderView",
+    "Refusal",
+    "RefusalReply",
+    "ReplyFlavour",
+    "serving",
+]

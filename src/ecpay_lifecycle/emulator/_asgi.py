@@ -1,0 +1,333 @@
+"""The emulator as a plain ASGI 3 application (no framework): ECPay's endpoints and admin routes.
+
+ECPay's three endpoints answer exactly as through ``httpx.MockTransport``; transport faults
+become what a real server can do (hang, cut the reply short, answer 5xx/403). Admin routes under
+``/_emulator/`` take and return JSON so that test suites in any language can drive the emulator:
+
+- ``GET /_emulator/time`` -> ``{"now", "next_batch"}`` (ISO 8601)
+- ``POST /_emulator/time`` with ``{"advance_seconds": n}`` or ``{"set": iso}``
+- ``POST /_emulator/merchants`` with ``{"merchant_id", "hash_key", "hash_iv", "auto_close"?,
+  "balance"?, "platform_id"?}``
+- ``GET`` or ``PUT /_emulator/merchants/{id}/balance`` (``{"balance": n}``)
+- ``POST /_emulator/orders`` with ``{"merchant_id", "merchant_trade_no", "amount", "kind"?,
+  "at"?}`` -> ``{"trade_no"}``
+- ``GET /_emulator/orders/{merchant_id}/{merchant_trade_no}`` -> the order (status, amounts, rows)
+- ``PUT /_emulator/orders/{merchant_id}/{merchant_trade_no}/status`` with ``{"status": "銀行拒絕"}``
+- ``POST /_emulator/faults`` with ``{"fault", "endpoint"?, "action"?, "times"?, "seconds"?,
+  "status_code"?, "trans_code"?}`` (names or values of the enums); ``DELETE`` disarms all
+- ``GET /_emulator/events`` -> the event log
+
+Bad admin input answers 400 with ``{"error": message}``; nothing changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ecpay_lifecycle._exceptions import EcpayError
+from ecpay_lifecycle._models import Action, GatewayStatus, PaymentKind
+
+from ._events import Event
+from ._faults import Endpoint, Fault
+from ._state import OrderView
+
+if TYPE_CHECKING:
+    from ._emulator import Emulator, _Reply
+
+__all__ = ["serve"]
+
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
+
+_MAX_BODY = 1 << 20
+_ADMIN = "/_emulator/"
+
+
+class _AdminError(Exception):
+    """A bad admin request: answered 400 (or ``status``) with the message."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def serve(emulator: Emulator, scope: Mapping[str, Any], receive: Receive, send: Send) -> None:
+    """Handle one ASGI connection scope (``http`` and ``lifespan``; others are ignored)."""
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+        return
+    if scope["type"] != "http":
+        return
+    body = await _read_body(receive)
+    path: str = scope.get("path", "/")
+    method: str = scope.get("method", "GET")
+    if body is None:
+        await _send(send, 413, b"Payload Too Large", "text/plain; charset=utf-8")
+        return
+    if path.startswith(_ADMIN):
+        status, payload = _admin(emulator, method, path[len(_ADMIN) :], body)
+        content = b"" if payload is None else json.dumps(payload, ensure_ascii=False).encode()
+        await _send(send, status, content, "application/json")
+        return
+    await _gateway(emulator, method, path, body, send)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > _MAX_BODY:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def _send(send: Send, status: int, body: bytes, content_type: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type.encode("latin-1")),
+                (b"content-length", str(len(body)).encode("ascii")),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _gateway(emulator: Emulator, method: str, path: str, body: bytes, send: Send) -> None:
+    """One of ECPay's endpoints, with its fault turned into real-server behaviour."""
+    from ._emulator import _Failure, _Received  # noqa: PLC0415  # circular at import time
+
+    got = emulator._receive(method, path, body)
+    if isinstance(got, _Received):
+        if got.delay:
+            await asyncio.sleep(got.delay)
+        got = emulator._process(got)
+    reply: _Reply = got
+    if reply.hang:
+        await asyncio.sleep(reply.hang)
+    if reply.failure in (_Failure.DISCONNECT, _Failure.RESET):
+        # Promise the whole reply, deliver part of it (or none), and end: the server closes the
+        # connection and the client sees an incomplete message.
+        await send(
+            {
+                "type": "http.response.start",
+                "status": reply.status,
+                "headers": [
+                    (b"content-type", reply.content_type.encode("latin-1")),
+                    (b"content-length", str(len(reply.body)).encode("ascii")),
+                ],
+            }
+        )
+        if reply.failure is _Failure.DISCONNECT:
+            half = reply.body[: len(reply.body) // 2]
+            await send({"type": "http.response.body", "body": half, "more_body": True})
+        return
+    await _send(send, reply.status, reply.body, reply.content_type)
+
+
+def _admin(emulator: Emulator, method: str, route: str, body: bytes) -> tuple[int, Any]:
+    """Dispatch an admin route; returns ``(status, JSON payload or None)``. Never raises."""
+    parts = [part for part in route.split("/") if part]
+    try:
+        data = _json_body(body) if method in ("POST", "PUT") else {}
+        return _route(emulator, method, parts, data)
+    except _AdminError as error:
+        return error.status, {"error": str(error)}
+    except (EcpayError, ValueError, TypeError, OverflowError) as error:
+        # EcpayError covers the emulator's own validation; the others are what datetime and
+        # timedelta raise for absurd numbers sent to an admin route.
+        return 400, {"error": str(error)}
+
+
+def _route(
+    emulator: Emulator, method: str, parts: list[str], data: dict[str, Any]
+) -> tuple[int, Any]:
+    match parts, method:
+        case ["time"], "GET":
+            return 200, _time(emulator)
+        case ["time"], "POST":
+            if "advance_seconds" in data:
+                seconds = data["advance_seconds"]
+                if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+                    raise _AdminError("advance_seconds must be a number")
+                emulator.advance(dt.timedelta(seconds=seconds))
+            elif "set" in data:
+                emulator.set_time(_datetime(data["set"], "set"))
+            else:
+                raise _AdminError('give "advance_seconds" or "set"')
+            return 200, _time(emulator)
+        case ["merchants"], "POST":
+            emulator.add_merchant(
+                data.get("merchant_id"),  # type: ignore[arg-type]  # validated inside
+                data.get("hash_key"),  # type: ignore[arg-type]
+                data.get("hash_iv"),  # type: ignore[arg-type]
+                auto_close=data.get("auto_close", True),
+                balance=data.get("balance", 0),
+                platform_id=data.get("platform_id"),
+            )
+            return 201, {"merchant_id": data["merchant_id"]}
+        case ["merchants", merchant_id, "balance"], "GET":
+            return 200, {"balance": emulator.balance(merchant_id)}
+        case ["merchants", merchant_id, "balance"], "PUT" | "POST":
+            emulator.set_balance(merchant_id, data.get("balance"))  # type: ignore[arg-type]
+            return 200, {"balance": emulator.balance(merchant_id)}
+        case ["orders"], "POST":
+            kind = _enum(PaymentKind, data.get("kind", "one_time"), "kind")
+            at = data.get("at")
+            trade_no = emulator.authorize(
+                data.get("merchant_id"),  # type: ignore[arg-type]
+                data.get("merchant_trade_no"),  # type: ignore[arg-type]
+                data.get("amount"),  # type: ignore[arg-type]
+                kind=kind,
+                at=None if at is None else _datetime(at, "at"),
+            )
+            return 201, {"trade_no": trade_no}
+        case ["orders", merchant_id, number], "GET":
+            return 200, view_json(emulator.order(merchant_id, number))
+        case ["orders", merchant_id, number, "status"], "PUT" | "POST":
+            status = data.get("status")
+            try:
+                parsed = GatewayStatus.parse(status)
+            except EcpayError as error:
+                raise _AdminError(str(error)) from error
+            emulator.set_status(merchant_id, number, parsed)
+            return 200, view_json(emulator.order(merchant_id, number))
+        case ["faults"], "POST":
+            rule = emulator.faults.inject(
+                _enum(Fault, data.get("fault"), "fault"),
+                endpoint=_endpoint(data.get("endpoint")),
+                action=None
+                if data.get("action") is None
+                else _enum(Action, data["action"], "action"),
+                times=data.get("times", 1),
+                seconds=data.get("seconds"),
+                status_code=data.get("status_code"),
+                trans_code=data.get("trans_code"),
+            )
+            return 201, {"id": rule.id}
+        case ["faults"], "DELETE":
+            emulator.faults.clear()
+            return 200, {}
+        case ["events"], "GET":
+            return 200, [event_json(event) for event in emulator.events]
+    known = {"time", "merchants", "orders", "faults", "events"}
+    if parts and parts[0] in known:
+        raise _AdminError(f"{method} is not allowed here", 405)
+    raise _AdminError("no such admin route", 404)
+
+
+def _json_body(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body.decode("utf-8")) if body else {}
+    except (ValueError, RecursionError) as error:
+        raise _AdminError("body is not JSON") from error
+    if not isinstance(data, dict):
+        raise _AdminError("body must be a JSON object")
+    return data
+
+
+def _time(emulator: Emulator) -> dict[str, str]:
+    return {"now": emulator.now.isoformat(), "next_batch": emulator.next_batch().isoformat()}
+
+
+def _datetime(value: object, field: str) -> dt.datetime:
+    if not isinstance(value, str):
+        raise _AdminError(f"{field} must be an ISO 8601 string with an offset")
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError as error:
+        raise _AdminError(f"{field} is not ISO 8601: {value!r}") from error
+    if parsed.tzinfo is None:
+        raise _AdminError(f"{field} needs a UTC offset, e.g. +08:00")
+    return parsed
+
+
+_E = TypeVar("_E", Fault, Action, PaymentKind)
+
+
+def _enum(cls: type[_E], value: object, field: str) -> _E:
+    for member in cls:
+        if value in (member.value, member.name):
+            return member
+    choices = ", ".join(str(member.value) for member in cls)
+    raise _AdminError(f"{field} must be one of {choices}, not {value!r}")
+
+
+def _endpoint(value: object) -> Endpoint | None:
+    if value is None:
+        return None
+    for member in Endpoint:
+        if value in (member.value, member.name):
+            return member
+    raise _AdminError(f"endpoint must be one of {', '.join(e.name for e in Endpoint)}")
+
+
+def view_json(view: OrderView) -> dict[str, Any]:
+    """An :class:`OrderView` as JSON (statuses in both spellings, times in ISO 8601)."""
+    return {
+        "merchant_id": view.merchant_id,
+        "merchant_trade_no": view.merchant_trade_no,
+        "trade_no": view.trade_no,
+        "trade_id": view.trade_id,
+        "amount": view.amount,
+        "closed_amount": view.closed_amount,
+        "status": view.status.english or view.status.chinese,
+        "status_chinese": view.status.chinese,
+        "state": view.state.value,
+        "kind": view.kind.value,
+        "authorized_at": view.authorized_at.isoformat(),
+        "refunded_total": view.refunded_total,
+        "pending_refund_total": view.pending_refund_total,
+        "capture_settled": view.capture_settled,
+        "auto_close": view.auto_close,
+        "close_rows": [
+            {"status": row.status.english, "amount": row.amount, "at": row.at.isoformat()}
+            for row in view.close_rows
+        ],
+    }
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    """An :class:`Event` as JSON."""
+    return {
+        "seq": event.seq,
+        "at": event.at.isoformat(),
+        "kind": event.kind.value,
+        "merchant_id": event.merchant_id,
+        "merchant_trade_no": event.merchant_trade_no,
+        "endpoint": None if event.endpoint is None else event.endpoint.name,
+        "action": None if event.action is None else event.action.value,
+        "amount": event.amount,
+        "request": None if event.request is None else dict(event.request),
+        "applied": event.applied,
+        "reply": None if event.reply is None else dict(event.reply),
+        "trans_code": event.trans_code,
+        "rtn_code": event.rtn_code,
+        "refusal": None if event.refusal is None else event.refusal.value,
+        "fault": None if event.fault is None else event.fault.value,
+        "note": event.note,
+    }

@@ -1,0 +1,625 @@
+"""The :class:`Emulator`: ECPay's three credit endpoints, stateful, on a clock that tests move.
+
+Front doors: :attr:`Emulator.handler` / :attr:`Emulator.async_handler` for
+``httpx.MockTransport`` and :meth:`Emulator.asgi_app` for any ASGI server. All three share one
+request pipeline: read the envelope (spec 2), pick an armed fault, apply the request to the
+:class:`~._state.Ledger` (spec 3-7), shape the reply. One re-entrant lock guards all state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import enum
+import json
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import httpx
+
+from ecpay_lifecycle._exceptions import CodecError, InvalidArgumentType
+from ecpay_lifecycle._models import (
+    Action,
+    GatewayStatus,
+    OrderSnapshot,
+    PaymentKind,
+    check_order_number,
+)
+
+from ._events import Event, EventKind
+from ._faults import Endpoint, Fault, FaultRule, Faults
+from ._settings import EmulatorSettings, Refusal
+from ._state import Ledger, OrderView, _Merchant, _Order
+from ._wire import (
+    EnvelopeProblem,
+    credit_detail_reply,
+    echo,
+    garble,
+    other_number,
+    query_trade_reply,
+    read_envelope,
+)
+
+__all__ = ["Emulator"]
+
+_JSON = "application/json"
+_TEXT = "text/plain; charset=utf-8"
+
+
+class _Failure(enum.Enum):
+    """What the transport does instead of delivering the reply."""
+
+    CONNECT_TIMEOUT = "connect_timeout"
+    READ_TIMEOUT = "read_timeout"
+    DISCONNECT = "disconnect"
+    RESET = "reset"
+
+
+@attrs.frozen
+class _Reply:
+    """A finished answer; ``failure`` (with ``hang`` seconds for real servers) hides it."""
+
+    status: int
+    body: bytes
+    content_type: str = _JSON
+    failure: _Failure | None = None
+    hang: float = 0.0
+
+
+@attrs.frozen
+class _Received:
+    """A request whose envelope decrypted, waiting (maybe after a DELAY) to be processed."""
+
+    endpoint: Endpoint
+    merchant: _Merchant
+    inner: dict[str, Any]
+    action: Action | None
+    rule: FaultRule | None
+
+    @property
+    def delay(self) -> float:
+        return self.rule.seconds if self.rule and self.rule.fault is Fault.DELAY else 0.0
+
+
+@attrs.frozen
+class _Outcome:
+    """What processing a request did: the inner reply, whether the order changed, why not."""
+
+    reply: dict[str, Any]
+    applied: bool = False
+    refusal: Refusal | None = None
+    merchant_trade_no: str | None = None
+    amount: int | None = None
+
+
+def _dumps(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class Emulator:
+    """A faithful, stateful, local stand-in for ECPay's credit-card endpoints (spec section 10).
+
+    It keeps merchants and orders, a clock that only tests move (:meth:`advance`,
+    :meth:`set_time`; the 20:15 Asia/Taipei batch and the day rules R6/R7 happen as it passes
+    them), enforces every rule of spec section 7 with its own code, answers in ECPay's envelope
+    and shapes, logs every event, and injects faults on demand (:attr:`faults`). Thread-safe.
+
+    >>> import datetime as dt, httpx
+    >>> from ecpay_lifecycle.emulator import Emulator
+    >>> emulator = Emulator(now=dt.datetime(2026, 8, 1, 9, 30, tzinfo=dt.timezone.utc))
+    >>> emulator.add_merchant("3002607", "ejCk326UnaZWKisg", "q9jcZX8Ib9LM8wYk")
+    >>> trade_no = emulator.authorize("3002607", "A1", 1000)
+    >>> emulator.order("3002607", "A1").status
+    <GatewayStatus.AUTHORIZED: ('已授權', 'Authorized')>
+    >>> http = httpx.Client(transport=httpx.MockTransport(emulator.handler))
+    """
+
+    def __init__(
+        self,
+        *,
+        now: dt.datetime,
+        settings: EmulatorSettings | None = None,
+        max_events: int | None = 100_000,
+    ) -> None:
+        """Start the emulator's clock at ``now`` (timezone-aware) with ``settings``.
+
+        The event log keeps the last ``max_events`` events (None: all of them).
+        """
+        if settings is None:
+            settings = EmulatorSettings()
+        if not isinstance(settings, EmulatorSettings):
+            raise InvalidArgumentType(
+                f"settings must be EmulatorSettings, not {type(settings).__name__}"
+            )
+        if max_events is not None and (
+            isinstance(max_events, bool) or not isinstance(max_events, int)
+        ):
+            raise InvalidArgumentType("max_events must be an int or None")
+        self._lock = threading.RLock()
+        self._events: collections.deque[Event] = collections.deque(maxlen=max_events)
+        self._seq = 0
+        self._ledger = Ledger(now, settings, self._record)
+        self.faults = Faults(self._lock)
+
+    def __repr__(self) -> str:
+        with self._lock:
+            return (
+                f"<Emulator now={self._ledger.now.isoformat()} "
+                f"merchants={len(self._ledger.merchants)} orders={len(self._ledger.orders)}>"
+            )
+
+    # -- the clock ---------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> EmulatorSettings:
+        """The settings this emulator runs with (immutable)."""
+        return self._ledger.settings
+
+    @property
+    def now(self) -> dt.datetime:
+        """The emulator's current time."""
+        with self._lock:
+            return self._ledger.now
+
+    def clock(self) -> dt.datetime:
+        """The emulator's current time; pass ``clock=emulator.clock`` to a client (R20)."""
+        with self._lock:
+            return self._ledger.now
+
+    def advance(self, delta: dt.timedelta) -> dt.datetime:
+        """Move the clock forward by ``delta`` and return the new time.
+
+        Every 20:15 Asia/Taipei batch crossed runs once, in order (R5), and the R7 day rules of
+        auto-close-off merchants happen when their moment passes. A negative ``delta`` raises
+        :class:`InvalidArgument` and changes nothing.
+        """
+        if not isinstance(delta, dt.timedelta):
+            raise InvalidArgumentType(f"delta must be a timedelta, not {type(delta).__name__}")
+        with self._lock:
+            self._ledger.move_to(self._ledger.now + delta)
+            return self._ledger.now
+
+    def set_time(self, when: dt.datetime) -> None:
+        """Move the clock forward to ``when`` (aware); like :meth:`advance`. Never backwards."""
+        with self._lock:
+            self._ledger.move_to(when)
+
+    def next_batch(self) -> dt.datetime:
+        """The next daily batch instant after the clock (20:15 Asia/Taipei by default, R5)."""
+        with self._lock:
+            return self._ledger.next_batch()
+
+    # -- set-up for tests --------------------------------------------------------------------
+
+    def add_merchant(
+        self,
+        merchant_id: str,
+        hash_key: str,
+        hash_iv: str,
+        *,
+        auto_close: bool = True,
+        balance: int = 0,
+        platform_id: str | None = None,
+    ) -> None:
+        """Register a merchant with its HashKey/HashIV (16 ASCII bytes each, R1).
+
+        ``auto_close`` is the daily auto-close setting (R5-R7), ``balance`` its ECPay account
+        balance in TWD (R16), ``platform_id`` the platform that may act for it (spec section 3).
+        The key and IV never appear in a repr, the event log or an error.
+        """
+        with self._lock:
+            self._ledger.add_merchant(
+                merchant_id,
+                hash_key,
+                hash_iv,
+                auto_close=auto_close,
+                balance=balance,
+                platform_id=platform_id,
+            )
+
+    def authorize(
+        self,
+        merchant_id: str,
+        merchant_trade_no: str,
+        amount: int,
+        *,
+        kind: PaymentKind = PaymentKind.ONE_TIME,
+        at: dt.datetime | None = None,
+    ) -> str:
+        """Create a card authorization and return ECPay's 16-digit TradeNo.
+
+        The order starts Authorized (UnionPay: closed, R8). ``at`` (default: now, never in the
+        future) backdates it; the batches and day rules it missed are applied at once. A
+        duplicate MerchantTradeNo or a bad amount raises :class:`InvalidArgument`.
+        """
+        with self._lock:
+            return self._ledger.authorize(merchant_id, merchant_trade_no, amount, kind=kind, at=at)
+
+    def balance(self, merchant_id: str) -> int:
+        """The merchant's ECPay balance in TWD (R16)."""
+        with self._lock:
+            return self._ledger.merchant(merchant_id).balance
+
+    def set_balance(self, merchant_id: str, balance: int) -> None:
+        """Set the merchant's ECPay balance (to test R16)."""
+        with self._lock:
+            self._ledger.set_balance(merchant_id, balance)
+
+    def set_status(self, merchant_id: str, merchant_trade_no: str, status: GatewayStatus) -> None:
+        """Force a status that only the bank or ECPay reach (``UNAUTHORIZED``, ``BANK_REJECTED``,
+        ``BANK_RECLAIMING``, ...), to test how a client treats non-actionable orders (R3).
+
+        DoAction on such an order is refused; the batch leaves it alone.
+        """
+        with self._lock:
+            self._ledger.set_status(self._ledger.order(merchant_id, merchant_trade_no), status)
+
+    # -- inspection --------------------------------------------------------------------------
+
+    def order(self, merchant_id: str, merchant_trade_no: str) -> OrderView:
+        """A frozen view of one order; an unknown order raises :class:`InvalidArgument`."""
+        with self._lock:
+            return self._ledger.view(self._ledger.order(merchant_id, merchant_trade_no))
+
+    def orders(self, merchant_id: str | None = None) -> tuple[OrderView, ...]:
+        """Views of every order (of one merchant), in the order they were authorized."""
+        with self._lock:
+            return tuple(
+                self._ledger.view(order)
+                for order in self._ledger.orders.values()
+                if merchant_id is None or order.merchant.merchant_id == merchant_id
+            )
+
+    def snapshot(self, merchant_id: str, merchant_trade_no: str) -> OrderSnapshot:
+        """The order as an :class:`~ecpay_lifecycle.OrderSnapshot`: the truth to compare a
+        client's or planner's belief with (differential tests)."""
+        with self._lock:
+            return self._ledger.snapshot(self._ledger.order(merchant_id, merchant_trade_no))
+
+    @property
+    def events(self) -> tuple[Event, ...]:
+        """The event log, oldest first."""
+        with self._lock:
+            return tuple(self._events)
+
+    def clear_events(self) -> None:
+        """Empty the event log (sequence numbers keep counting)."""
+        with self._lock:
+            self._events.clear()
+
+    def _record(self, kind: EventKind, at: dt.datetime, **fields: Any) -> None:
+        self._seq += 1
+        self._events.append(Event(seq=self._seq, at=at, kind=kind, **fields))
+
+    # -- front doors -------------------------------------------------------------------------
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        """Answer one request for ``httpx.MockTransport`` (works for Client and AsyncClient).
+
+        Transport faults raise the httpx exception a real network would (``ConnectTimeout``,
+        ``ReadTimeout``, ``RemoteProtocolError``, ``ReadError``); DELAY sleeps in this thread.
+        """
+        got = self._receive(request.method, request.url.path, request.content)
+        if isinstance(got, _Received):
+            if got.delay:
+                time.sleep(got.delay)
+            got = self._process(got)
+        return _to_httpx(got, request)
+
+    async def async_handler(self, request: httpx.Request) -> httpx.Response:
+        """Like :meth:`handler` for ``httpx.AsyncClient``; a DELAY fault awaits instead of
+        blocking the event loop."""
+        got = self._receive(request.method, request.url.path, request.content)
+        if isinstance(got, _Received):
+            if got.delay:
+                await asyncio.sleep(got.delay)
+            got = self._process(got)
+        return _to_httpx(got, request)
+
+    async def asgi_app(self, scope: Mapping[str, Any], receive: Any, send: Any) -> None:
+        """A plain ASGI 3 application: the three endpoints plus admin routes under
+        ``/_emulator/`` (see :mod:`ecpay_lifecycle.emulator` docs). No framework needed."""
+        from ._asgi import serve  # noqa: PLC0415  # the ASGI module imports this one
+
+        await serve(self, scope, receive, send)
+
+    # -- the pipeline ------------------------------------------------------------------------
+
+    def _receive(self, method: str, path: str, body: bytes) -> _Received | _Reply:
+        """Phase one: route, read and decrypt the envelope, pick a fault. Never raises."""
+        endpoint = Endpoint.from_path(path)
+        if endpoint is None:
+            return _Reply(404, b"Not Found", _TEXT)
+        if method.upper() != "POST":
+            return _Reply(405, b"Method Not Allowed", _TEXT)
+        with self._lock:
+            envelope = read_envelope(body)
+            if isinstance(envelope, EnvelopeProblem):
+                return self._reject(endpoint, envelope.merchant_id, envelope.message)
+            merchant = self._ledger.merchants.get(envelope.merchant_id)
+            if merchant is None:
+                return self._reject(endpoint, envelope.merchant_id, "MerchantID is not registered")
+            now = self._ledger.now.timestamp()
+            if abs(now - envelope.timestamp) > self.settings.timestamp_tolerance.total_seconds():
+                return self._reject(
+                    endpoint, envelope.merchant_id, "Timestamp is outside 10 minutes (R20)"
+                )
+            try:
+                inner = merchant.codec.decrypt(envelope.data)
+            except CodecError:
+                return self._reject(endpoint, envelope.merchant_id, "Data does not decrypt (R1)")
+            platform = inner.get("PlatformID")
+            if platform not in (None, "") and platform != envelope.merchant_id:
+                return self._reject(
+                    endpoint,
+                    envelope.merchant_id,
+                    "PlatformID is set and differs from MerchantID",
+                    inner,
+                )
+            action = _action(inner.get("Action")) if endpoint is Endpoint.DO_ACTION else None
+            rule = self.faults.take(endpoint, action)
+            return _Received(endpoint, merchant, inner, action, rule)
+
+    def _reject(
+        self,
+        endpoint: Endpoint,
+        merchant_id: str,
+        message: str,
+        inner: dict[str, Any] | None = None,
+    ) -> _Reply:
+        """A bad envelope: TransCode != 1, nothing processed, nothing changed (spec 2)."""
+        code = self.settings.bad_envelope_trans_code
+        self._record(
+            EventKind.REQUEST,
+            self._ledger.now,
+            merchant_id=merchant_id or None,
+            endpoint=endpoint,
+            request=inner,
+            trans_code=code,
+            note=f"bad envelope: {message}",
+        )
+        return _Reply(200, _dumps(self._outer(merchant_id, code, message, "")))
+
+    def _outer(self, merchant_id: str, code: int, message: str, data: str) -> dict[str, Any]:
+        return {
+            "MerchantID": merchant_id,
+            "RpHeader": {"Timestamp": int(self._ledger.now.timestamp())},
+            "TransCode": code,
+            "TransMsg": message,
+            "Data": data,
+        }
+
+    def _process(self, got: _Received) -> _Reply:
+        """Phase two: apply the request (unless a fault stops it first) and shape the reply."""
+        with self._lock:
+            fault = got.rule.fault if got.rule else None
+            outcome: _Outcome | None = None
+            if fault is None or fault.applies_change:
+                outcome = self._dispatch(got)
+            reply = self._deliver(got, outcome)
+            self._record(
+                EventKind.REQUEST,
+                self._ledger.now,
+                merchant_id=echo(got.inner.get("MerchantID")) or got.merchant.merchant_id,
+                merchant_trade_no=(outcome.merchant_trade_no if outcome else None)
+                or (echo(got.inner.get("MerchantTradeNo")) or None),
+                endpoint=got.endpoint,
+                action=got.action,
+                amount=outcome.amount if outcome else None,
+                request=got.inner,
+                applied=bool(outcome and outcome.applied),
+                reply=outcome.reply if outcome else None,
+                trans_code=1 if outcome else _trans_code_of(reply),
+                rtn_code=_rtn_code(outcome.reply) if outcome else None,
+                refusal=outcome.refusal if outcome else None,
+                fault=fault,
+            )
+            return reply
+
+    def _deliver(self, got: _Received, outcome: _Outcome | None) -> _Reply:
+        """Wrap the inner reply in the envelope, or let the armed fault spoil it."""
+        rule = got.rule
+        merchant = got.merchant
+        if outcome is None:
+            assert rule is not None  # only a before-apply fault skips processing
+            return self._before_apply_reply(rule, merchant.merchant_id)
+        inner = outcome.reply
+        outer_id = merchant.merchant_id
+        if rule is not None and rule.fault is Fault.MISMATCHED_REPLY:
+            inner, outer_id = _mismatch(inner, outer_id)
+        data = merchant.codec.encrypt(inner)
+        if rule is not None and rule.fault is Fault.GARBLED_DATA:
+            data = garble(merchant.codec, data)
+        body = _dumps(self._outer(outer_id, 1, "Success", data))
+        fault = rule.fault if rule else None
+        if fault is Fault.TIMEOUT_AFTER_APPLY:
+            assert rule is not None
+            return _Reply(200, body, failure=_Failure.READ_TIMEOUT, hang=rule.seconds)
+        if fault is Fault.LOST_REPLY:
+            return _Reply(200, body, failure=_Failure.DISCONNECT)
+        if fault is Fault.CONNECTION_RESET:
+            return _Reply(200, body, failure=_Failure.RESET)
+        if fault is Fault.SERVER_ERROR_AFTER_APPLY:
+            assert rule is not None
+            return _status_reply(rule.status_code)
+        return _Reply(200, body)
+
+    def _before_apply_reply(self, rule: FaultRule, merchant_id: str) -> _Reply:
+        fault = rule.fault
+        if fault is Fault.TIMEOUT_BEFORE_APPLY:
+            return _Reply(
+                504, b"Gateway Timeout", _TEXT, failure=_Failure.CONNECT_TIMEOUT, hang=rule.seconds
+            )
+        if fault is Fault.READ_TIMEOUT_BEFORE_APPLY:
+            return _Reply(
+                504, b"Gateway Timeout", _TEXT, failure=_Failure.READ_TIMEOUT, hang=rule.seconds
+            )
+        if fault is Fault.RATE_LIMITED:
+            return _status_reply(403)
+        if fault is Fault.SERVER_ERROR_BEFORE_APPLY:
+            return _status_reply(rule.status_code)
+        code = self.settings.bad_envelope_trans_code if rule.trans_code is None else rule.trans_code
+        return _Reply(200, _dumps(self._outer(merchant_id, code, "TransCode error (fault)", "")))
+
+    def _dispatch(self, got: _Received) -> _Outcome:
+        if got.endpoint is Endpoint.DO_ACTION:
+            return self._do_action(got)
+        if got.endpoint is Endpoint.CREDIT_DETAIL:
+            return self._credit_detail(got)
+        return self._query_trade(got)
+
+    def _refuse(self, reason: Refusal, echoes: dict[str, Any], **extra: Any) -> _Outcome:
+        answer = self.settings.refusal(reason)
+        reply = {"RtnCode": answer.rtn_code, "RtnMsg": answer.rtn_msg, **echoes}
+        return _Outcome(reply, refusal=reason, **extra)
+
+    def _lookup(self, got: _Received, *, need_trade_no: bool) -> _Order | Refusal:
+        """The order the inner data names, if this envelope's merchant may see it (spec 3)."""
+        inner = got.inner
+        merchant_id = inner.get("MerchantID")
+        number = inner.get("MerchantTradeNo")
+        trade_no = inner.get("TradeNo")
+        if not isinstance(merchant_id, str) or not merchant_id:
+            return Refusal.BAD_PARAMETER
+        if not _is_number(number):
+            return Refusal.BAD_PARAMETER
+        if (need_trade_no or trade_no not in (None, "")) and not _is_number(trade_no):
+            return Refusal.BAD_PARAMETER
+        outer = got.merchant.merchant_id
+        owner = self._ledger.merchants.get(merchant_id)
+        platform = inner.get("PlatformID")
+        if owner is None:
+            return Refusal.ORDER_NOT_FOUND
+        allowed = merchant_id == outer or (platform == outer and owner.platform_id == outer)
+        if not allowed:
+            return Refusal.ORDER_NOT_FOUND
+        assert isinstance(number, str)
+        order = self._ledger.find(merchant_id, number)
+        if order is None or trade_no not in (None, "", order.trade_no):
+            return Refusal.ORDER_NOT_FOUND
+        return order
+
+    def _do_action(self, got: _Received) -> _Outcome:
+        """DoAction (spec 3): validate the inner data (R19), find the order, apply or refuse."""
+        inner = got.inner
+        echoes = {
+            "PlatformID": echo(inner.get("PlatformID")),
+            "MerchantID": echo(inner.get("MerchantID")),
+            "MerchantTradeNo": echo(inner.get("MerchantTradeNo")),
+            "TradeNo": echo(inner.get("TradeNo")),
+        }
+        number = echoes["MerchantTradeNo"] or None
+        found = self._lookup(got, need_trade_no=True)
+        amount = inner.get("TotalAmount")
+        if isinstance(found, Refusal) and found is Refusal.BAD_PARAMETER:
+            return self._refuse(found, echoes, merchant_trade_no=number)
+        if got.action is None or "TotalAmount" not in inner:
+            return self._refuse(Refusal.BAD_PARAMETER, echoes, merchant_trade_no=number)
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+            return self._refuse(Refusal.BAD_AMOUNT, echoes, merchant_trade_no=number)
+        if isinstance(found, Refusal):
+            return self._refuse(found, echoes, merchant_trade_no=number, amount=amount)
+        refusal = self._ledger.do_action(found, got.action, amount)
+        if refusal is not None:
+            return self._refuse(refusal, echoes, merchant_trade_no=number, amount=amount)
+        reply = {"RtnCode": 1, "RtnMsg": self.settings.success_message, **echoes}
+        return _Outcome(reply, applied=True, merchant_trade_no=number, amount=amount)
+
+    def _credit_detail(self, got: _Received) -> _Outcome:
+        """CreditDetail/QueryTrade (spec 4): the order's status, ClsAmt and close rows."""
+        found = self._lookup(got, need_trade_no=False)
+        if isinstance(found, Refusal):
+            return self._refuse(found, {})
+        view = self._ledger.view(found)
+        reply = credit_detail_reply(view, self.settings.credit_detail_flavour)
+        return _Outcome(reply, merchant_trade_no=view.merchant_trade_no)
+
+    def _query_trade(self, got: _Received) -> _Outcome:
+        """Cashier/QueryTrade (spec 5): the order and its payment kind."""
+        found = self._lookup(got, need_trade_no=False)
+        merchant_echo = {"MerchantID": echo(got.inner.get("MerchantID"))}
+        if isinstance(found, Refusal):
+            return self._refuse(found, merchant_echo)
+        view = self._ledger.view(found)
+        reply = query_trade_reply(view, echo(got.inner.get("PlatformID")))
+        return _Outcome(reply, merchant_trade_no=view.merchant_trade_no)
+
+
+def _action(value: object) -> Action | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return Action(value)
+    except ValueError:
+        return None
+
+
+def _is_number(value: object) -> bool:
+    """R19: 1-20 letters and digits."""
+    if not isinstance(value, str):
+        return False
+    try:
+        check_order_number(value)
+    except (InvalidArgumentType, ValueError):
+        return False
+    return True
+
+
+def _rtn_code(reply: Mapping[str, Any]) -> int | None:
+    code = reply.get("RtnCode")
+    return code if isinstance(code, int) else None
+
+
+def _trans_code_of(reply: _Reply) -> int | None:
+    if reply.content_type != _JSON:
+        return None
+    code = json.loads(reply.body).get("TransCode")
+    return code if isinstance(code, int) else None
+
+
+def _status_reply(status: int) -> _Reply:
+    text = "Forbidden" if status == 403 else httpx.codes.get_reason_phrase(status) or "Error"
+    return _Reply(status, text.encode("utf-8"), _TEXT)
+
+
+def _mismatch(inner: dict[str, Any], outer_id: str) -> tuple[dict[str, Any], str]:
+    """R2 fault: change every echoed order number; with none to change, the outer MerchantID."""
+    changed = dict(inner)
+    touched = False
+    for key in ("MerchantTradeNo", "TradeNo"):
+        if key in changed:
+            changed[key] = other_number(changed[key])
+            touched = True
+    info = changed.get("OrderInfo")
+    if isinstance(info, dict):
+        changed["OrderInfo"] = {
+            **info,
+            "MerchantTradeNo": other_number(info.get("MerchantTradeNo")),
+            "TradeNo": other_number(info.get("TradeNo")),
+        }
+        touched = True
+    if touched:
+        return changed, outer_id
+    return changed, other_number(outer_id)
+
+
+def _to_httpx(reply: _Reply, request: httpx.Request) -> httpx.Response:
+    """Deliver through MockTransport: a response, or the exception a real network raises."""
+    failure = reply.failure
+    if failure is _Failure.CONNECT_TIMEOUT:
+        raise httpx.ConnectTimeout("emulator fault: connect timed out", request=request)
+    if failure is _Failure.READ_TIMEOUT:
+        raise httpx.ReadTimeout("emulator fault: read timed out", request=request)
+    if failure is _Failure.DISCONNECT:
+        raise httpx.RemoteProtocolError(
+            "emulator fault: server disconnected without sending a response", request=request
+        )
+    if failure is _Failure.RESET:
+        raise httpx.ReadError("emulator fault: connection reset by peer", request=request)
+    return httpx.Response(
+        reply.status, content=reply.body, headers={"Content-Type": reply.content_type}
+    )

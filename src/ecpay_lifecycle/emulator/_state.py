@@ -1,0 +1,607 @@
+"""The emulator's state engine: merchants, orders, the clock, the daily batch and the day rules.
+
+No HTTP and no codec here: the engine takes already-decoded actions and answers with a
+:class:`Refusal` or applies the change. It enforces spec section 7 with its own code (it does not
+import the planner or ``_rules``), so the planner and the emulator can be tested against each
+other. It is not thread-safe by itself; :class:`~ecpay_lifecycle.emulator.Emulator` holds one
+lock around every call.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import attrs
+
+from ecpay_lifecycle._codec import AesCodec
+from ecpay_lifecycle._exceptions import InvalidArgument, InvalidArgumentType
+from ecpay_lifecycle._models import (
+    Action,
+    GatewayStatus,
+    OrderSnapshot,
+    PaymentKind,
+    State,
+    check_amount,
+    check_aware,
+    check_order_number,
+)
+
+from ._events import EventKind
+from ._settings import EmulatorSettings, Refusal
+
+__all__ = ["TAIPEI", "CloseRow", "Ledger", "OrderView"]
+
+#: Asia/Taipei as a fixed UTC+8 offset (no DST since 1979). Defined here rather than imported
+#: from ``_rules`` so that the emulator's rules stay independent of the library's.
+TAIPEI = dt.timezone(dt.timedelta(hours=8), "Asia/Taipei")
+
+#: Statuses in which the card hold is live and nothing is closed: C and N apply (R15).
+_HOLDING = frozenset({GatewayStatus.AUTHORIZED, GatewayStatus.OPERATION_CANCELED})
+#: Statuses :meth:`Ledger.set_status` may force: those the emulator never reaches by itself.
+_FORCEABLE = frozenset(
+    {GatewayStatus.UNAUTHORIZED} | {s for s in GatewayStatus if s.english is None}
+)
+
+
+@attrs.frozen
+class CloseRow:
+    """One row of CreditDetail's ``CloseData``: a capture settled by a batch (or UnionPay, R8)."""
+
+    status: GatewayStatus
+    amount: int
+    at: dt.datetime
+
+
+@attrs.frozen(kw_only=True)
+class OrderView:
+    """A frozen view of one emulated order, for tests (:meth:`Emulator.order`).
+
+    ``closed_amount`` is ECPay's ``ClsAmt`` as CreditDetail shows it; ``refunded_total`` sums
+    the refunds in effect (undone ones excluded), ``pending_refund_total`` those the next batch
+    settles; ``capture_settled`` says a batch has settled the capture (R9).
+    """
+
+    merchant_id: str
+    merchant_trade_no: str
+    trade_no: str
+    trade_id: int
+    amount: int
+    closed_amount: int
+    status: GatewayStatus
+    kind: PaymentKind
+    authorized_at: dt.datetime
+    refunded_total: int
+    pending_refund_total: int
+    close_rows: tuple[CloseRow, ...]
+    capture_settled: bool
+    auto_close: bool
+
+    @property
+    def state(self) -> State:
+        """The lifecycle state this status and ClsAmt mean (R3)."""
+        return self.status.to_state(self.closed_amount)
+
+
+class Recorder(Protocol):
+    """How the engine writes to the emulator's event log."""
+
+    def __call__(self, kind: EventKind, at: dt.datetime, **fields: Any) -> None: ...
+
+
+@attrs.define
+class _Refund:
+    amount: int
+    at: dt.datetime
+    settled: bool = False
+
+
+@attrs.define(kw_only=True)
+class _Merchant:
+    merchant_id: str
+    codec: AesCodec = attrs.field(repr=False)
+    auto_close: bool
+    balance: int
+    platform_id: str | None
+
+
+@attrs.define(kw_only=True)
+class _Order:
+    merchant: _Merchant
+    merchant_trade_no: str
+    trade_no: str
+    trade_id: int
+    amount: int
+    kind: PaymentKind
+    authorized_at: dt.datetime
+    status: GatewayStatus
+    #: The true net closed amount; what CreditDetail shows also depends on the settings.
+    net: int = 0
+    capture_settled: bool = False
+    rows: list[CloseRow] = attrs.Factory(list)
+    refunds: list[_Refund] = attrs.Factory(list)
+
+    def pending(self) -> int:
+        return sum(r.amount for r in self.refunds if not r.settled)
+
+
+class Ledger:
+    """Merchants, orders and the clock; applies DoActions and the timed rules (R5-R16)."""
+
+    def __init__(self, now: dt.datetime, settings: EmulatorSettings, record: Recorder) -> None:
+        self.now = check_aware(now)
+        self.settings = settings
+        self._record = record
+        self.merchants: dict[str, _Merchant] = {}
+        self.orders: dict[tuple[str, str], _Order] = {}
+        self._trade_nos: set[str] = set()
+        self._sequence = itertools.count(1)
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def add_merchant(
+        self,
+        merchant_id: object,
+        hash_key: object,
+        hash_iv: object,
+        *,
+        auto_close: object,
+        balance: object,
+        platform_id: object,
+    ) -> None:
+        """Register a merchant; the key and IV are kept only inside an :class:`AesCodec`."""
+        mid = _merchant_id(merchant_id, "merchant_id")
+        if mid in self.merchants:
+            raise InvalidArgument(f"merchant {mid} is already registered")
+        if not isinstance(auto_close, bool):
+            raise InvalidArgumentType(f"auto_close must be a bool, not {type(auto_close).__name__}")
+        money = check_amount(balance, field="balance", allow_zero=True)
+        platform = None if platform_id is None else _merchant_id(platform_id, "platform_id")
+        codec = AesCodec(hash_key, hash_iv)  # type: ignore[arg-type]  # it validates the type
+        self.merchants[mid] = _Merchant(
+            merchant_id=mid,
+            codec=codec,
+            auto_close=auto_close,
+            balance=money,
+            platform_id=platform,
+        )
+        self._record(EventKind.SETUP, self.now, merchant_id=mid, note="merchant added")
+
+    def merchant(self, merchant_id: object) -> _Merchant:
+        """The registered merchant, or :class:`InvalidArgument`."""
+        found = self.merchants.get(merchant_id) if isinstance(merchant_id, str) else None
+        if found is None:
+            raise InvalidArgument(f"no merchant {merchant_id!r} in the emulator")
+        return found
+
+    def authorize(
+        self,
+        merchant_id: object,
+        merchant_trade_no: object,
+        amount: object,
+        *,
+        kind: object,
+        at: object,
+    ) -> str:
+        """Create an authorized order and return its TradeNo (UnionPay starts closed, R8).
+
+        An order authorized in the past lives through the batches and day rules it missed.
+        """
+        merchant = self.merchant(merchant_id)
+        number = check_order_number(merchant_trade_no)
+        total = check_amount(amount)
+        if not isinstance(kind, PaymentKind):
+            raise InvalidArgumentType(f"kind must be a PaymentKind, not {kind!r}")
+        when = self.now if at is None else check_aware(at, field="at")
+        if when > self.now:
+            raise InvalidArgument(
+                f"at={when.isoformat()} is after the emulator's clock {self.now.isoformat()}"
+            )
+        if (merchant.merchant_id, number) in self.orders:
+            raise InvalidArgument(
+                f"merchant {merchant.merchant_id} already has an order {number}",
+                merchant_trade_no=number,
+            )
+        order = _Order(
+            merchant=merchant,
+            merchant_trade_no=number,
+            trade_no=self._new_trade_no(when),
+            trade_id=10_000_000 + len(self.orders) + 1,
+            amount=total,
+            kind=kind,
+            authorized_at=when,
+            status=GatewayStatus.AUTHORIZED,
+        )
+        if kind is PaymentKind.UNIONPAY:
+            order.status = self.settings.unionpay_start_status
+            order.net = total
+            if order.status is GatewayStatus.CAPTURED:
+                self._settle_capture(order, when)
+        self.orders[(merchant.merchant_id, number)] = order
+        self._record(
+            EventKind.SETUP,
+            when,
+            merchant_id=merchant.merchant_id,
+            merchant_trade_no=number,
+            amount=total,
+            note=f"authorized {kind.value} TradeNo {order.trade_no}",
+        )
+        self._run(when, self.now, [order])
+        return order.trade_no
+
+    def _new_trade_no(self, when: dt.datetime) -> str:
+        """A 16-digit TradeNo in ECPay's shape: yyMMddHHmmss (Taipei) and a 4-digit sequence."""
+        stamp = when.astimezone(TAIPEI).strftime("%y%m%d%H%M%S")
+        while True:
+            candidate = f"{stamp}{next(self._sequence) % 10_000:04d}"
+            if candidate not in self._trade_nos:
+                self._trade_nos.add(candidate)
+                return candidate
+
+    def find(self, merchant_id: str, merchant_trade_no: str) -> _Order | None:
+        """The order, or None."""
+        return self.orders.get((merchant_id, merchant_trade_no))
+
+    def order(self, merchant_id: object, merchant_trade_no: object) -> _Order:
+        """The order, or :class:`InvalidArgument` naming it."""
+        merchant = self.merchant(merchant_id)
+        found = (
+            self.orders.get((merchant.merchant_id, merchant_trade_no))
+            if isinstance(merchant_trade_no, str)
+            else None
+        )
+        if found is None:
+            raise InvalidArgument(
+                f"merchant {merchant.merchant_id} has no order {merchant_trade_no!r}"
+            )
+        return found
+
+    def set_balance(self, merchant_id: object, balance: object) -> None:
+        """Set the merchant's ECPay balance (R16)."""
+        merchant = self.merchant(merchant_id)
+        merchant.balance = check_amount(balance, field="balance", allow_zero=True)
+        self._record(
+            EventKind.SETUP,
+            self.now,
+            merchant_id=merchant.merchant_id,
+            amount=merchant.balance,
+            note="balance set",
+        )
+
+    def set_status(self, order: _Order, status: object) -> None:
+        """Force a status ECPay reaches without the merchant (bank rejection, chargeback, ...)."""
+        if not isinstance(status, GatewayStatus) or status not in _FORCEABLE:
+            raise InvalidArgument(
+                f"set_status takes Unauthorized or an undocumented status, not {status!r}; "
+                "reach the others with DoAction and the clock",
+                merchant_trade_no=order.merchant_trade_no,
+            )
+        if status is GatewayStatus.UNAUTHORIZED and order.status not in _HOLDING:
+            raise InvalidArgument(
+                "only an order that is still Authorized can become Unauthorized",
+                merchant_trade_no=order.merchant_trade_no,
+            )
+        order.status = status
+        self._record(
+            EventKind.SETUP,
+            self.now,
+            merchant_id=order.merchant.merchant_id,
+            merchant_trade_no=order.merchant_trade_no,
+            note=f"status forced to {status.chinese}",
+        )
+
+    # -- views -------------------------------------------------------------------------------
+
+    def shown_closed_amount(self, order: _Order) -> int:
+        """``ClsAmt`` as CreditDetail shows it (spec section 4 [HOUSE])."""
+        if self.settings.refund_lowers_closed_amount_at_once:
+            return order.net
+        return order.net + order.pending()
+
+    def view(self, order: _Order) -> OrderView:
+        """The frozen view of ``order``."""
+        return OrderView(
+            merchant_id=order.merchant.merchant_id,
+            merchant_trade_no=order.merchant_trade_no,
+            trade_no=order.trade_no,
+            trade_id=order.trade_id,
+            amount=order.amount,
+            closed_amount=self.shown_closed_amount(order),
+            status=order.status,
+            kind=order.kind,
+            authorized_at=order.authorized_at,
+            refunded_total=sum(r.amount for r in order.refunds),
+            pending_refund_total=order.pending(),
+            close_rows=tuple(order.rows),
+            capture_settled=order.capture_settled,
+            auto_close=order.merchant.auto_close,
+        )
+
+    def snapshot(self, order: _Order) -> OrderSnapshot:
+        """The truth about ``order`` as the library models it (for differential tests)."""
+        closed = self.shown_closed_amount(order)
+        return OrderSnapshot(
+            merchant_trade_no=order.merchant_trade_no,
+            trade_no=order.trade_no,
+            amount=order.amount,
+            state=order.status.to_state(closed),
+            authorized_at=order.authorized_at,
+            closed_amount=closed,
+            kind=order.kind,
+            auto_close=order.merchant.auto_close,
+            capture_settled=order.capture_settled,
+        )
+
+    # -- the clock ---------------------------------------------------------------------------
+
+    def move_to(self, when: dt.datetime) -> None:
+        """Move the clock forward to ``when``, running every batch and day rule on the way."""
+        check_aware(when, field="when")
+        if when < self.now:
+            raise InvalidArgument(
+                f"the emulator's clock never goes back: {when.isoformat()} is before "
+                f"{self.now.isoformat()}"
+            )
+        start, self.now = self.now, when
+        self._run(start, when, None)
+
+    def batch_times(self, start: dt.datetime, end: dt.datetime) -> Iterator[dt.datetime]:
+        """Every batch instant in ``(start, end]``, in order (R5)."""
+        day = start.astimezone(TAIPEI).date()
+        last = end.astimezone(TAIPEI).date()
+        while day <= last:
+            at = dt.datetime.combine(day, self.settings.batch_time, tzinfo=TAIPEI)
+            if start < at <= end:
+                yield at
+            day += dt.timedelta(days=1)
+
+    def next_batch(self) -> dt.datetime:
+        """The first batch instant after the clock."""
+        return next(self.batch_times(self.now, self.now + dt.timedelta(days=2)))
+
+    def _run(self, start: dt.datetime, end: dt.datetime, only: list[_Order] | None) -> None:
+        """Apply, in time order, what happens in ``(start, end]``: batches and R7's day rules.
+
+        ``only`` restricts the work to some orders (replaying an order authorized in the past);
+        then the batch itself is not logged, only what it did to those orders.
+        """
+        if end <= start:
+            return
+        happenings: list[tuple[dt.datetime, int, int, Callable[[], None]]] = []
+        tie = itertools.count()
+        for order in self.orders.values() if only is None else only:
+            if order.merchant.auto_close:
+                continue
+            notice = order.authorized_at + self.settings.notice_after
+            if start < notice <= end:
+                happenings.append((notice, 0, next(tie), _bind(self._notice, order, notice)))
+            # R7: abandoned *after* the deadline: at the deadline itself the order still stands.
+            expiry = order.authorized_at + self.settings.abandon_after
+            if start <= expiry < end:
+                happenings.append((expiry, 1, next(tie), _bind(self._expire, order, expiry)))
+        for at in self.batch_times(start, end):
+            happenings.append((at, 2, next(tie), _bind(self._batch, at, only)))
+        happenings.sort(key=lambda item: item[:3])
+        for _at, _rank, _n, happen in happenings:
+            happen()
+
+    def _notice(self, order: _Order, at: dt.datetime) -> None:
+        if order.status in _HOLDING:
+            self._record(
+                EventKind.NOTICE,
+                at,
+                merchant_id=order.merchant.merchant_id,
+                merchant_trade_no=order.merchant_trade_no,
+                note="R7: unclosed order notice (day 80)",
+            )
+
+    def _expire(self, order: _Order, at: dt.datetime) -> None:
+        if order.status in _HOLDING:
+            order.status = GatewayStatus.CANCELED
+            order.net = 0
+            self._record(
+                EventKind.EXPIRE,
+                at,
+                merchant_id=order.merchant.merchant_id,
+                merchant_trade_no=order.merchant_trade_no,
+                amount=order.amount,
+                note="R7: unclosed after day 90, abandoned without capture",
+            )
+
+    def _batch(self, at: dt.datetime, only: list[_Order] | None) -> None:
+        """R5: close every Authorized order of auto-close merchants, then settle every close."""
+        settled = 0
+        for order in self.orders.values() if only is None else only:
+            if (
+                self.settings.batch_closes_authorized
+                and order.merchant.auto_close
+                and order.status in _HOLDING
+            ):
+                order.status = GatewayStatus.TO_BE_CAPTURED
+                order.net = order.amount
+                self._record(
+                    EventKind.AUTO_CLOSE,
+                    at,
+                    merchant_id=order.merchant.merchant_id,
+                    merchant_trade_no=order.merchant_trade_no,
+                    amount=order.amount,
+                    note="R5: daily auto-close",
+                )
+            if order.status is GatewayStatus.TO_BE_CAPTURED:
+                self._settle(order, at)
+                settled += 1
+        if only is None:
+            self._record(EventKind.BATCH, at, note=f"settled {settled} order(s)")
+
+    def _settle(self, order: _Order, at: dt.datetime) -> None:
+        """The batch settles a pending close: a capture gets its row, pending refunds are done."""
+        if not order.capture_settled:
+            self._settle_capture(order, at)
+        for refund in order.refunds:
+            refund.settled = True
+        order.status = GatewayStatus.CAPTURED
+        self._record(
+            EventKind.SETTLE,
+            at,
+            merchant_id=order.merchant.merchant_id,
+            merchant_trade_no=order.merchant_trade_no,
+            amount=order.net,
+            note="settled",
+        )
+
+    def _settle_capture(self, order: _Order, at: dt.datetime) -> None:
+        order.capture_settled = True
+        order.rows.append(CloseRow(GatewayStatus.CAPTURED, order.net, at))
+        if self.settings.credit_settlements:
+            order.merchant.balance += order.net
+
+    # -- DoAction ----------------------------------------------------------------------------
+
+    def in_batch_window(self, merchant: _Merchant) -> bool:
+        """R5: DoAction is refused in [20:15, 20:30) Asia/Taipei when auto-close is on."""
+        if not merchant.auto_close:
+            return False
+        local = self.now.astimezone(TAIPEI).time()
+        return self.settings.batch_time <= local < self.settings.batch_window_end
+
+    def do_action(self, order: _Order, action: Action, amount: int) -> Refusal | None:
+        """Apply one DoAction to ``order``, or return why ECPay would refuse it (nothing changes).
+
+        Checks run in this order: the payment kind (R8), the status (R9, R15, R18), the amount
+        against the order (R19), the batch window (R5), then the action's own rules (R6, R10-R16).
+        """
+        check = _CHECKS[action]
+        refusal = check(self, order, amount)
+        if refusal is None:
+            _APPLY[action](self, order, amount)
+        return refusal
+
+    def _check_close(self, order: _Order, amount: int) -> Refusal | None:
+        if order.kind is PaymentKind.UNIONPAY:
+            return Refusal.UNIONPAY
+        if order.status not in _HOLDING:
+            return Refusal.WRONG_STATE
+        if amount > order.amount:
+            return Refusal.BAD_AMOUNT
+        if self.in_batch_window(order.merchant):
+            return Refusal.BATCH_WINDOW
+        if (
+            not order.merchant.auto_close
+            and self.now >= order.authorized_at + self.settings.close_limit
+        ):
+            return Refusal.OVER_DATE
+        return self._full_amount(Action.CLOSE, order, amount)
+
+    def _check_refund(self, order: _Order, amount: int) -> Refusal | None:
+        if order.status not in (GatewayStatus.TO_BE_CAPTURED, GatewayStatus.CAPTURED):
+            return Refusal.WRONG_STATE
+        if amount > order.amount:
+            return Refusal.BAD_AMOUNT
+        if self.in_batch_window(order.merchant):
+            return Refusal.BATCH_WINDOW
+        if not self.settings.stack_pending_refunds and order.pending():
+            return Refusal.REFUND_PENDING
+        if amount > order.net:
+            return Refusal.OVER_CAPTURED
+        if order.kind.full_refund_only and amount != order.net:
+            if order.kind is PaymentKind.INSTALLMENT:
+                return Refusal.INSTALLMENT_FULL_ONLY
+            return Refusal.BONUS_FULL_ONLY
+        if not order.capture_settled and amount == order.net:
+            return Refusal.FULL_REFUND_PENDING_CAPTURE
+        if order.capture_settled and order.merchant.balance < amount:
+            return Refusal.INSUFFICIENT_BALANCE
+        return None
+
+    def _check_cancel(self, order: _Order, amount: int) -> Refusal | None:
+        if order.kind is PaymentKind.UNIONPAY:
+            return Refusal.UNIONPAY
+        if order.status is not GatewayStatus.TO_BE_CAPTURED:
+            return Refusal.WRONG_STATE
+        if order.capture_settled and not self.settings.cancel_restores_pending_refund:
+            return Refusal.WRONG_STATE
+        if amount > order.amount:
+            return Refusal.BAD_AMOUNT
+        if self.in_batch_window(order.merchant):
+            return Refusal.BATCH_WINDOW
+        return self._full_amount(Action.CANCEL, order, amount)
+
+    def _check_abandon(self, order: _Order, amount: int) -> Refusal | None:
+        if order.kind is PaymentKind.UNIONPAY:
+            return Refusal.UNIONPAY
+        if order.status not in _HOLDING:
+            return Refusal.WRONG_STATE
+        if amount > order.amount:
+            return Refusal.BAD_AMOUNT
+        if self.in_batch_window(order.merchant):
+            return Refusal.BATCH_WINDOW
+        return self._full_amount(Action.ABANDON, order, amount)
+
+    def _full_amount(self, action: Action, order: _Order, amount: int) -> Refusal | None:
+        """R14 and [HOUSE]: C, E and N carry the order amount (see ``full_amount_actions``)."""
+        if action in self.settings.full_amount_actions and amount != order.amount:
+            return Refusal.AMOUNT_NOT_ORDER_AMOUNT
+        return None
+
+    def _apply_close(self, order: _Order, amount: int) -> None:
+        order.status = GatewayStatus.TO_BE_CAPTURED
+        order.net = amount
+
+    def _apply_refund(self, order: _Order, amount: int) -> None:
+        order.net -= amount
+        order.refunds.append(_Refund(amount, self.now))
+        if order.capture_settled:
+            order.status = GatewayStatus.TO_BE_CAPTURED
+            if self.settings.debit_refunds:
+                order.merchant.balance -= amount
+
+    def _apply_cancel(self, order: _Order, _amount: int) -> None:
+        pending = [r for r in order.refunds if not r.settled]
+        undone = sum(r.amount for r in pending)
+        order.refunds = [r for r in order.refunds if r.settled]
+        if order.capture_settled:
+            # R15 [HOUSE]: back to Captured with the pending refunds undone (and repaid).
+            order.status = GatewayStatus.CAPTURED
+            order.net += undone
+            if self.settings.debit_refunds:
+                order.merchant.balance += undone
+        else:
+            # R15: the close is cancelled, the hold is still live ("Operation canceled").
+            order.status = GatewayStatus.OPERATION_CANCELED
+            order.net = 0
+
+    def _apply_abandon(self, order: _Order, _amount: int) -> None:
+        order.status = GatewayStatus.CANCELED
+        order.net = 0
+
+
+def _bind(fn: Callable[..., None], *args: Any) -> Callable[[], None]:
+    def call() -> None:
+        fn(*args)
+
+    return call
+
+
+def _merchant_id(value: object, field: str) -> str:
+    """MerchantID / PlatformID: String(10), letters and digits (spec section 3)."""
+    if not isinstance(value, str):
+        raise InvalidArgumentType(f"{field} must be a str, not {type(value).__name__}")
+    if not (1 <= len(value) <= 10 and value.isascii() and value.isalnum()):
+        raise InvalidArgument(f"{field} must be 1-10 letters or digits, got {value!r}")
+    return value
+
+
+_CHECKS: dict[Action, Callable[[Ledger, _Order, int], Refusal | None]] = {
+    Action.CLOSE: Ledger._check_close,
+    Action.REFUND: Ledger._check_refund,
+    Action.CANCEL: Ledger._check_cancel,
+    Action.ABANDON: Ledger._check_abandon,
+}
+_APPLY: dict[Action, Callable[[Ledger, _Order, int], None]] = {
+    Action.CLOSE: Ledger._apply_close,
+    Action.REFUND: Ledger._apply_refund,
+    Action.CANCEL: Ledger._apply_cancel,
+    Action.ABANDON: Ledger._apply_abandon,
+}
