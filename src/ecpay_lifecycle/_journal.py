@@ -1,0 +1,432 @@
+"""The operation journal: what the clients record before and after every DoAction (spec 9).
+
+Each money-moving call is one :class:`OperationRecord`, keyed by the caller's idempotency key (or
+a generated one). Before a DoAction is sent the record gets an :class:`AttemptRecord` in status
+``SENDING``; after the reply (or the confirming query) that attempt becomes ``DONE``,
+``NOT_DONE``, ``REFUSED`` or ``UNKNOWN``. A record is saved whole each time, so a durable store
+that writes each save atomically never holds a half-updated operation.
+
+:class:`Journal` is the small protocol a store implements: :meth:`~Journal.claim`,
+:meth:`~Journal.save` and :meth:`~Journal.for_order`. Records are frozen values made of plain
+data; :meth:`OperationRecord.to_dict` and :meth:`OperationRecord.from_dict` round-trip them
+through JSON for a store that keeps text. :class:`InMemoryJournal` is the default: it lives as
+long as the process and forgets the oldest finished operations beyond a bound.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import enum
+import itertools
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import attrs
+
+from ._exceptions import InvalidArgument, InvalidArgumentType
+from ._models import Action, Intent, OrderSnapshot, PaymentKind, Plan, State, Step
+
+__all__ = [
+    "AttemptRecord",
+    "AttemptStatus",
+    "InMemoryJournal",
+    "Journal",
+    "OperationRecord",
+    "OperationStatus",
+]
+
+_T = TypeVar("_T")
+
+
+class AttemptStatus(enum.StrEnum):
+    """Where one DoAction attempt stands (spec section 9)."""
+
+    #: Recorded just before sending; still there after a crash, so the order stays locked.
+    SENDING = "sending"
+    #: A query showed the state and closed amount the step expected.
+    DONE = "done"
+    #: Provably no effect: never sent, TransCode != 1, HTTP 403, or a query showed no change.
+    NOT_DONE = "not_done"
+    #: ECPay answered RtnCode != 1: processed and refused, no effect.
+    REFUSED = "refused"
+    #: Sent, and neither the reply nor a query could establish the effect: the order is locked.
+    UNKNOWN = "unknown"
+
+    @property
+    def open(self) -> bool:
+        """Whether the attempt is unresolved, which locks the order (``SENDING``, ``UNKNOWN``)."""
+        return self in (AttemptStatus.SENDING, AttemptStatus.UNKNOWN)
+
+
+class OperationStatus(enum.StrEnum):
+    """Where one operation (one capture, refund, abandon or raw DoAction call) stands."""
+
+    #: Planned or under way.
+    RUNNING = "running"
+    #: Every step took effect; the same idempotency key replays the recorded outcome.
+    SUCCEEDED = "succeeded"
+    #: Stopped short with its last step not done (refused, rule, transport); the same key resumes.
+    STOPPED = "stopped"
+    #: A step's outcome is unknown; the order is locked until ``reconcile``.
+    UNKNOWN = "unknown"
+
+
+@attrs.frozen(kw_only=True)
+class AttemptRecord:
+    """One DoAction sent (or about to be sent) for step ``index`` of an operation's plan.
+
+    ``before`` is the order as last confirmed before this attempt and ``step`` the planned step
+    with the state it expects (``None`` for a raw DoAction, which has no plan). ``attempt`` is 1,
+    or 2 for the single re-send after a proof that the first did not happen. ``note`` says, for
+    people, what went wrong; it never holds a secret or a ``Data`` blob.
+    """
+
+    index: int
+    attempt: int
+    action: Action
+    amount: int
+    trade_no: str
+    before: OrderSnapshot
+    step: Step | None
+    status: AttemptStatus
+    at: dt.datetime
+    rtn_code: int | str | None = None
+    rtn_msg: str = ""
+    note: str = ""
+
+    @property
+    def expected(self) -> tuple[State, int] | None:
+        """The (state, closed amount) a confirming query must show, if the step is planned."""
+        if self.step is None:
+            return None
+        return self.step.state_after, self.step.closed_amount_after
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values; :meth:`from_dict` reads them back."""
+        return {
+            "index": self.index,
+            "attempt": self.attempt,
+            "action": self.action.value,
+            "amount": self.amount,
+            "trade_no": self.trade_no,
+            "before": snapshot_to_dict(self.before),
+            "step": None if self.step is None else step_to_dict(self.step),
+            "status": self.status.value,
+            "at": self.at.isoformat(),
+            "rtn_code": self.rtn_code,
+            "rtn_msg": self.rtn_msg,
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AttemptRecord:
+        """Read what :meth:`to_dict` wrote; anything malformed raises :class:`InvalidArgument`."""
+        return _reading(
+            "attempt",
+            lambda: cls(
+                index=_int(data["index"]),
+                attempt=_int(data["attempt"]),
+                action=Action(data["action"]),
+                amount=_int(data["amount"]),
+                trade_no=str(data["trade_no"]),
+                before=snapshot_from_dict(data["before"]),
+                step=None if data["step"] is None else step_from_dict(data["step"]),
+                status=AttemptStatus(data["status"]),
+                at=_aware(data["at"]),
+                rtn_code=_code(data.get("rtn_code")),
+                rtn_msg=str(data.get("rtn_msg", "")),
+                note=str(data.get("note", "")),
+            ),
+        )
+
+
+@attrs.frozen(kw_only=True)
+class OperationRecord:
+    """One money-moving call on one order, as the journal keeps it.
+
+    ``key`` is the caller's idempotency key when ``caller_key`` is True, otherwise a generated
+    one. ``request`` is the canonical text of the call's parameters: the same key with another
+    request is refused. ``intent`` is ``None`` for a raw DoAction. ``plan`` and ``before`` are set
+    once the first query and the planner ran; ``final`` once the last step was confirmed.
+    """
+
+    merchant_id: str
+    key: str
+    caller_key: bool
+    merchant_trade_no: str
+    request: str
+    intent: Intent | None
+    status: OperationStatus
+    started_at: dt.datetime
+    updated_at: dt.datetime
+    plan: Plan | None = None
+    before: OrderSnapshot | None = None
+    attempts: tuple[AttemptRecord, ...] = ()
+    final: OrderSnapshot | None = None
+
+    @property
+    def open_attempt(self) -> AttemptRecord | None:
+        """The unresolved attempt that locks the order, if any (only ever the last one)."""
+        if self.attempts and self.attempts[-1].status.open:
+            return self.attempts[-1]
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values; :meth:`from_dict` reads them back exactly."""
+        return {
+            "merchant_id": self.merchant_id,
+            "key": self.key,
+            "caller_key": self.caller_key,
+            "merchant_trade_no": self.merchant_trade_no,
+            "request": self.request,
+            "intent": None if self.intent is None else self.intent.value,
+            "status": self.status.value,
+            "started_at": self.started_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "plan": None if self.plan is None else plan_to_dict(self.plan),
+            "before": None if self.before is None else snapshot_to_dict(self.before),
+            "attempts": [attempt.to_dict() for attempt in self.attempts],
+            "final": None if self.final is None else snapshot_to_dict(self.final),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OperationRecord:
+        """Read what :meth:`to_dict` wrote; anything malformed raises :class:`InvalidArgument`."""
+        return _reading(
+            "operation",
+            lambda: cls(
+                merchant_id=str(data["merchant_id"]),
+                key=str(data["key"]),
+                caller_key=bool(data["caller_key"]),
+                merchant_trade_no=str(data["merchant_trade_no"]),
+                request=str(data["request"]),
+                intent=None if data["intent"] is None else Intent(data["intent"]),
+                status=OperationStatus(data["status"]),
+                started_at=_aware(data["started_at"]),
+                updated_at=_aware(data["updated_at"]),
+                plan=None if data["plan"] is None else plan_from_dict(data["plan"]),
+                before=None if data["before"] is None else snapshot_from_dict(data["before"]),
+                attempts=tuple(AttemptRecord.from_dict(a) for a in data["attempts"]),
+                final=None if data["final"] is None else snapshot_from_dict(data["final"]),
+            ),
+        )
+
+
+@runtime_checkable
+class Journal(Protocol):
+    """Where the clients record operations (spec section 9). Three methods, plain values.
+
+    A store must make each call atomic; a durable one must have written a record before
+    :meth:`save` returns, because the client sends a DoAction right after saving ``SENDING``.
+    """
+
+    def claim(self, record: OperationRecord) -> OperationRecord | None:
+        """Store ``record`` unless one with its ``(merchant_id, key)`` exists; return that one.
+
+        ``None`` means ``record`` was stored. Atomic: two claims of one key never both succeed.
+        """
+
+    def save(self, record: OperationRecord) -> None:
+        """Replace the record with the same ``(merchant_id, key)`` by ``record``."""
+
+    def for_order(self, merchant_id: str, merchant_trade_no: str) -> Sequence[OperationRecord]:
+        """Every record kept for one order, oldest first (the lock check reads these)."""
+
+
+class InMemoryJournal:
+    """The default :class:`Journal`: a dict in this process, safe to share between threads.
+
+    It keeps at most ``max_operations`` records, forgetting the least recently saved finished
+    ones first; a record with an unresolved attempt is never forgotten, because it locks its
+    order. What it forgets, an idempotency key no longer replays: give the clients a durable
+    journal where keys must outlive the process or the bound.
+    """
+
+    def __init__(self, *, max_operations: int = 10_000) -> None:
+        if isinstance(max_operations, bool) or not isinstance(max_operations, int):
+            raise InvalidArgumentType("max_operations must be an int")
+        if max_operations < 1:
+            raise InvalidArgument(f"max_operations must be at least 1, got {max_operations}")
+        self._max = max_operations
+        self._lock = threading.Lock()
+        self._records: collections.OrderedDict[tuple[str, str], OperationRecord] = (
+            collections.OrderedDict()
+        )
+        self._by_order: dict[tuple[str, str], list[str]] = {}
+
+    def __repr__(self) -> str:
+        return f"InMemoryJournal({len(self._records)} operations, max {self._max})"
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def claim(self, record: OperationRecord) -> OperationRecord | None:
+        """See :meth:`Journal.claim`."""
+        with self._lock:
+            existing = self._records.get((record.merchant_id, record.key))
+            if existing is not None:
+                return existing
+            self._store(record)
+            return None
+
+    def save(self, record: OperationRecord) -> None:
+        """See :meth:`Journal.save`."""
+        with self._lock:
+            self._store(record)
+
+    def for_order(self, merchant_id: str, merchant_trade_no: str) -> Sequence[OperationRecord]:
+        """See :meth:`Journal.for_order`."""
+        with self._lock:
+            keys = self._by_order.get((merchant_id, merchant_trade_no), ())
+            return [self._records[(merchant_id, key)] for key in keys]
+
+    def _store(self, record: OperationRecord) -> None:
+        ident = (record.merchant_id, record.key)
+        order = (record.merchant_id, record.merchant_trade_no)
+        previous = self._records.pop(ident, None)
+        if previous is not None and previous.merchant_trade_no != record.merchant_trade_no:
+            self._unindex(previous)
+        if previous is None or previous.merchant_trade_no != record.merchant_trade_no:
+            self._by_order.setdefault(order, []).append(record.key)
+        self._records[ident] = record
+        self._evict()
+
+    def _evict(self) -> None:
+        excess = len(self._records) - self._max
+        if excess <= 0:
+            return
+        # Oldest first, stopping as soon as enough are found: the usual cost is one record.
+        finished = (ident for ident, rec in self._records.items() if rec.open_attempt is None)
+        for ident in list(itertools.islice(finished, excess)):
+            self._unindex(self._records.pop(ident))
+
+    def _unindex(self, record: OperationRecord) -> None:
+        order = (record.merchant_id, record.merchant_trade_no)
+        keys = self._by_order.get(order)
+        if keys is None:
+            return
+        keys.remove(record.key)
+        if not keys:
+            del self._by_order[order]
+
+
+# Plain-value forms of the domain values a record holds. The domain values validate themselves
+# on construction, so reading a tampered record fails with their typed errors.
+
+
+def snapshot_to_dict(snapshot: OrderSnapshot) -> dict[str, Any]:
+    """An :class:`OrderSnapshot` as plain JSON-ready values."""
+    return {
+        "merchant_trade_no": snapshot.merchant_trade_no,
+        "trade_no": snapshot.trade_no,
+        "amount": snapshot.amount,
+        "state": snapshot.state.value,
+        "authorized_at": snapshot.authorized_at.isoformat(),
+        "closed_amount": snapshot.closed_amount,
+        "kind": snapshot.kind.value,
+        "auto_close": snapshot.auto_close,
+        "capture_settled": snapshot.capture_settled,
+    }
+
+
+def snapshot_from_dict(data: Mapping[str, Any]) -> OrderSnapshot:
+    """Read :func:`snapshot_to_dict` output back."""
+    return _reading(
+        "snapshot",
+        lambda: OrderSnapshot(
+            merchant_trade_no=data["merchant_trade_no"],
+            trade_no=data["trade_no"],
+            amount=data["amount"],
+            state=State(data["state"]),
+            authorized_at=_aware(data["authorized_at"]),
+            closed_amount=data["closed_amount"],
+            kind=PaymentKind(data["kind"]),
+            auto_close=data["auto_close"],
+            capture_settled=data["capture_settled"],
+        ),
+    )
+
+
+def step_to_dict(step: Step) -> dict[str, Any]:
+    """A planned :class:`Step` as plain JSON-ready values."""
+    return {
+        "action": step.action.value,
+        "amount": step.amount,
+        "state_after": step.state_after.value,
+        "closed_amount_after": step.closed_amount_after,
+        "capture_settled_after": step.capture_settled_after,
+        "rule": step.rule,
+    }
+
+
+def step_from_dict(data: Mapping[str, Any]) -> Step:
+    """Read :func:`step_to_dict` output back."""
+    return _reading(
+        "step",
+        lambda: Step(
+            action=Action(data["action"]),
+            amount=_int(data["amount"]),
+            state_after=State(data["state_after"]),
+            closed_amount_after=_int(data["closed_amount_after"]),
+            capture_settled_after=bool(data["capture_settled_after"]),
+            rule=str(data["rule"]),
+        ),
+    )
+
+
+def plan_to_dict(plan: Plan) -> dict[str, Any]:
+    """A :class:`Plan` as plain JSON-ready values."""
+    return {
+        "intent": plan.intent.value,
+        "merchant_trade_no": plan.merchant_trade_no,
+        "steps": [step_to_dict(step) for step in plan.steps],
+        "refund_total": plan.refund_total,
+        "reason": plan.reason,
+    }
+
+
+def plan_from_dict(data: Mapping[str, Any]) -> Plan:
+    """Read :func:`plan_to_dict` output back."""
+    return _reading(
+        "plan",
+        lambda: Plan(
+            intent=Intent(data["intent"]),
+            merchant_trade_no=str(data["merchant_trade_no"]),
+            steps=tuple(step_from_dict(step) for step in data["steps"]),
+            refund_total=_int(data["refund_total"]),
+            reason=str(data["reason"]),
+        ),
+    )
+
+
+def _reading(what: str, build: Callable[[], _T]) -> _T:
+    """Run ``build``; a missing key or a bad value becomes one typed error naming ``what``."""
+    try:
+        return build()
+    except (InvalidArgument, InvalidArgumentType):
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidArgument(f"malformed journal {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an int, got {type(value).__name__}")
+    return value
+
+
+def _code(value: object) -> int | str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return _int(value)
+
+
+def _aware(value: object) -> dt.datetime:
+    if not isinstance(value, str):
+        raise TypeError(f"expected an ISO 8601 text, got {type(value).__name__}")
+    parsed = dt.datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}")
+    return parsed
