@@ -6,6 +6,7 @@ emulator stands in for ECPay where its stage environment cannot (DoAction).
 
 from __future__ import annotations
 
+from ._codec import AesCodec
 from ._exceptions import (
     CodecError,
     ConfigurationError,
@@ -36,13 +37,30 @@ from ._models import (
     Step,
 )
 from ._planner import plan_abandon, plan_capture, plan_refund
+from ._protocol import (
+    PRODUCTION_URL,
+    STAGE_URL,
+    CashierInfo,
+    CloseRow,
+    Credentials,
+    CreditDetail,
+    DoActionReply,
+)
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "PRODUCTION_URL",
+    "STAGE_URL",
     "Action",
+    "AesCodec",
+    "CashierInfo",
+    "CloseRow",
     "CodecError",
     "ConfigurationError",
+    "Credentials",
+    "CreditDetail",
+    "DoActionReply",
     "EcpayError",
     "EnvelopeRejected",
     "GatewayRefused",
