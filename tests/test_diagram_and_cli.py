@@ -123,3 +123,9 @@ def test_python_dash_m_runs_the_command() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "N(800)" in done.stdout
+
+
+def test_readme_shows_the_current_diagram() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    body = "\n".join(line for line in render_mermaid().splitlines() if not line.startswith("%%"))
+    assert f"```mermaid\n{body}\n```" in readme, "paste the generated diagram into README.md"
