@@ -1,0 +1,147 @@
+"""The public strategies reach the whole space they promise, and only valid values."""
+
+from __future__ import annotations
+
+import datetime as dt
+import doctest
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ecpay_lifecycle import (
+    InvalidAmount,
+    InvalidArgument,
+    InvalidArgumentType,
+    OrderSnapshot,
+    PaymentKind,
+    RuleViolation,
+    State,
+    plan_refund,
+    strategies,
+)
+from ecpay_lifecycle._rules import TAIPEI
+from ecpay_lifecycle.strategies import (
+    REFERENCE_TIME,
+    refund_requests,
+    snapshots,
+    taipei_datetimes,
+)
+
+OUTSIDE_WINDOW = REFERENCE_TIME  # 10:00 Taipei
+
+
+def collect(strategy: st.SearchStrategy[object], examples: int = 1500) -> list[object]:
+    seen: list[object] = []
+
+    @settings(max_examples=examples, database=None, derandomize=True)
+    @given(strategy)
+    def draw(value: object) -> None:
+        seen.append(value)
+
+    draw()
+    return seen
+
+
+def test_snapshots_reach_every_valid_state_and_kind_combination() -> None:
+    drawn = collect(snapshots())
+    combos = {(s.state, s.kind) for s in drawn}  # type: ignore[attr-defined]
+    expected = {
+        (state, kind)
+        for state in State
+        for kind in PaymentKind
+        if not (kind is PaymentKind.UNIONPAY and state is State.AUTHORIZED)
+    }
+    assert combos == expected
+    assert {s.pending_capture for s in drawn} == {True, False}  # type: ignore[attr-defined]
+    assert {s.pending_refund for s in drawn} == {True, False}  # type: ignore[attr-defined]
+    assert {s.auto_close for s in drawn} == {True, False}  # type: ignore[attr-defined]
+
+
+def test_snapshots_cover_authorization_ages_across_the_day_rules() -> None:
+    ages = {(REFERENCE_TIME - s.authorized_at).days for s in collect(snapshots(), 600)}  # type: ignore[attr-defined]
+    assert min(ages) < 21 < max(ages)
+    assert any(a >= 90 for a in ages)
+
+
+@given(snapshots(states=(State.TO_CLOSE,), kinds=(PaymentKind.UNIONPAY,)))
+def test_snapshots_respect_r8(snapshot: OrderSnapshot) -> None:
+    assert snapshot.capture_settled
+
+
+def test_impossible_requests_are_refused() -> None:
+    with pytest.raises(InvalidArgument):
+        snapshots(states=(State.AUTHORIZED,), kinds=(PaymentKind.UNIONPAY,))
+    with pytest.raises(InvalidArgument):
+        snapshots(max_amount=0)
+
+
+def test_snapshots_shrink_to_a_small_ordinary_authorized_order() -> None:
+    from hypothesis import find
+
+    smallest = find(snapshots(), lambda s: True, settings=settings(database=None))
+    assert smallest.state is State.AUTHORIZED
+    assert smallest.kind is PaymentKind.ONE_TIME
+    assert smallest.amount == 1
+
+
+def test_from_type_is_registered() -> None:
+    drawn = collect(st.from_type(OrderSnapshot), 50)
+    assert all(isinstance(s, OrderSnapshot) for s in drawn)
+
+
+@given(st.data())
+def test_valid_refund_requests_are_planned_outside_the_window(data: st.DataObject) -> None:
+    snapshot = data.draw(snapshots(states=(State.AUTHORIZED, State.TO_CLOSE, State.CLOSED)))
+    if snapshot.refundable == 0 or (
+        not snapshot.auto_close
+        and snapshot.state is not State.CLOSED
+        and not snapshot.pending_refund
+        and snapshot.authorized_at + dt.timedelta(days=90) < OUTSIDE_WINDOW
+    ):
+        return  # nothing refundable, or R7 past day 90 (not about the amount)
+    amount = data.draw(refund_requests(snapshot, valid=True))
+    plan = plan_refund(snapshot, amount, now=OUTSIDE_WINDOW)  # type: ignore[arg-type]
+    assert plan.refund_total == (snapshot.refundable if amount is None else amount)
+
+
+@given(st.data())
+def test_invalid_refund_requests_are_refused(data: st.DataObject) -> None:
+    snapshot = data.draw(snapshots())
+    amount = data.draw(refund_requests(snapshot, valid=False))
+    with pytest.raises((RuleViolation, InvalidAmount, InvalidArgumentType)):
+        plan_refund(snapshot, amount, now=OUTSIDE_WINDOW)  # type: ignore[arg-type]
+
+
+def test_near_batch_datetimes_crowd_both_edges_of_the_window() -> None:
+    seconds = set()
+    for now in collect(taipei_datetimes(near_batch=True), 800):
+        local = now.astimezone(TAIPEI)  # type: ignore[attr-defined]
+        seconds.add(local.hour * 3600 + local.minute * 60 + local.second)
+    start, end = 20 * 3600 + 15 * 60, 20 * 3600 + 30 * 60
+    for edge in (start, end):
+        assert {edge - 1, edge, edge + 1} <= seconds
+    assert all(start - 120 <= s <= start + 120 or end - 120 <= s <= end + 120 for s in seconds)
+
+
+def test_datetimes_come_in_several_zones_and_are_aware() -> None:
+    drawn = collect(taipei_datetimes(), 300)
+    assert all(d.utcoffset() is not None for d in drawn)  # type: ignore[attr-defined]
+    assert len({d.utcoffset() for d in drawn}) >= 4  # type: ignore[attr-defined]
+
+
+def test_day_rule_datetimes_crowd_the_21_80_90_day_marks() -> None:
+    auth = REFERENCE_TIME
+    offsets = {
+        (d - auth).total_seconds()  # type: ignore[operator]
+        for d in collect(taipei_datetimes(authorized_at=auth), 800)
+    }
+    for days in (21, 80, 90):
+        mark = days * 86400
+        assert {mark - 1, mark, mark + 1} <= offsets
+
+
+def test_module_doctest_runs() -> None:
+    result = doctest.testmod(strategies, raise_on_error=False)
+    assert result.attempted > 0
+    assert result.failed == 0
