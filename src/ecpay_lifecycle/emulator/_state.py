@@ -469,9 +469,12 @@ class Ledger:
     def do_action(self, order: _Order, action: Action, amount: int) -> Refusal | None:
         """Apply one DoAction to ``order``, or return why ECPay would refuse it (nothing changes).
 
-        Checks run in this order: the payment kind (R8), the status (R9, R15, R18), the amount
-        against the order (R19), the batch window (R5), then the action's own rules (R6, R10-R16).
+        Checks run in this order: the batch window (R5: ECPay asks not to call DoAction at all
+        then), the payment kind (R8), the status (R9, R15, R18), the amount against the order
+        (R19), then the action's own rules (R6, R10-R16).
         """
+        if self.in_batch_window(order.merchant):
+            return Refusal.BATCH_WINDOW
         check = _CHECKS[action]
         refusal = check(self, order, amount)
         if refusal is None:
@@ -485,8 +488,6 @@ class Ledger:
             return Refusal.WRONG_STATE
         if amount > order.amount:
             return Refusal.BAD_AMOUNT
-        if self.in_batch_window(order.merchant):
-            return Refusal.BATCH_WINDOW
         if (
             not order.merchant.auto_close
             and self.now >= order.authorized_at + self.settings.close_limit
@@ -499,8 +500,6 @@ class Ledger:
             return Refusal.WRONG_STATE
         if amount > order.amount:
             return Refusal.BAD_AMOUNT
-        if self.in_batch_window(order.merchant):
-            return Refusal.BATCH_WINDOW
         if not self.settings.stack_pending_refunds and order.pending():
             return Refusal.REFUND_PENDING
         if amount > order.net:
@@ -524,8 +523,6 @@ class Ledger:
             return Refusal.WRONG_STATE
         if amount > order.amount:
             return Refusal.BAD_AMOUNT
-        if self.in_batch_window(order.merchant):
-            return Refusal.BATCH_WINDOW
         return self._full_amount(Action.CANCEL, order, amount)
 
     def _check_abandon(self, order: _Order, amount: int) -> Refusal | None:
@@ -535,8 +532,6 @@ class Ledger:
             return Refusal.WRONG_STATE
         if amount > order.amount:
             return Refusal.BAD_AMOUNT
-        if self.in_batch_window(order.merchant):
-            return Refusal.BATCH_WINDOW
         return self._full_amount(Action.ABANDON, order, amount)
 
     def _full_amount(self, action: Action, order: _Order, amount: int) -> Refusal | None:
