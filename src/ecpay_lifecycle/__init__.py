@@ -46,12 +46,14 @@ from ._protocol import (
     CreditDetail,
     DoActionReply,
 )
+from ._rules import TAIPEI
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "PRODUCTION_URL",
     "STAGE_URL",
+    "TAIPEI",
     "Action",
     "AesCodec",
     "CashierInfo",
