@@ -6,6 +6,8 @@ emulator stands in for ECPay where its stage environment cannot (DoAction).
 
 from __future__ import annotations
 
+import logging
+
 from ._codec import AesCodec
 from ._exceptions import (
     CodecError,
@@ -49,6 +51,10 @@ from ._protocol import (
 from ._rules import TAIPEI
 
 __version__ = "0.1.0.dev0"
+
+# A library never decides where log records go (logging's own advice): without this, warnings
+# would reach stderr through logging's last-resort handler in programs that configure nothing.
+logging.getLogger("ecpay_lifecycle").addHandler(logging.NullHandler())
 
 __all__ = [
     "PRODUCTION_URL",

@@ -1,7 +1,9 @@
 """The ``ecpay-lifecycle`` command (also ``python -m ecpay_lifecycle``).
 
-Subcommands: ``plan`` (ask the planner about one order, no network), ``diagram`` (write the
-lifecycle diagram from the machine). The command never prints a HashKey or HashIV.
+Subcommands: ``demo`` (the main job: the whole story through the real client against the
+embedded emulator), ``plan`` (ask the planner about one order, no network), ``serve`` (the
+emulator over HTTP on 127.0.0.1), ``diagram`` (write the lifecycle diagram from the machine).
+The command never prints a HashKey or HashIV.
 """
 
 from __future__ import annotations
@@ -9,16 +11,19 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import pathlib
 import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from ._demo import run_demo
 from ._diagram import render_mermaid
 from ._exceptions import EcpayError, RuleViolation
 from ._models import OrderSnapshot, PaymentKind, Plan, State
 from ._planner import plan_abandon, plan_capture, plan_refund
 from ._rules import TAIPEI
+from .emulator import _serve
 
 __all__ = ["main"]
 
@@ -32,6 +37,10 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     args = parser.parse_args(argv)
     try:
         code: int = args.run(args, stdout)
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, as Unix tools do.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaced for the interpreter's exit flush
+        return 0
     except RuleViolation as refusal:
         _emit_refusal(refusal, args, stdout)
         return 1
@@ -47,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Capture and refund ECPay credit-card orders safely.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the whole capture/refund story against the embedded emulator (no credentials)",
+        description="The real Client against the embedded ECPay emulator: capture, refunds "
+        "before and after the batch, refusals with their rules, a lost reply resolved safely.",
+    )
+    demo.add_argument("--json", action="store_true", help="machine-readable output")
+    demo.set_defaults(run=_run_demo)
 
     plan = commands.add_parser(
         "plan",
@@ -71,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.set_defaults(run=_run_plan)
 
+    serve = commands.add_parser(
+        "serve",
+        help="run the ECPay emulator over HTTP on 127.0.0.1 (needs the [serve] extra)",
+        description="Serve the emulator for other languages' test suites; see docs/emulator.md.",
+    )
+    _serve.add_arguments(serve)
+    serve.set_defaults(run=lambda args, _out: _serve.run(args))
+
     diagram = commands.add_parser(
         "diagram",
         help="write diagrams/lifecycle.mmd from the lifecycle machine",
@@ -80,6 +106,10 @@ def _parser() -> argparse.ArgumentParser:
     diagram.add_argument("--stdout", action="store_true", help="print instead of writing")
     diagram.set_defaults(run=_run_diagram)
     return parser
+
+
+def _run_demo(args: argparse.Namespace, out: TextIO) -> int:
+    return run_demo(json_output=args.json, out=out)
 
 
 def _aware(text: str) -> dt.datetime:
