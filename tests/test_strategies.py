@@ -145,3 +145,47 @@ def test_module_doctest_runs() -> None:
     result = doctest.testmod(strategies, raise_on_error=False)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_fault_schedules_reach_every_fault_endpoint_and_action() -> None:
+    from ecpay_lifecycle.emulator import Endpoint, Fault
+    from ecpay_lifecycle.strategies import fault_schedules
+
+    drawn = [f for plan in collect(fault_schedules(), 800) for f in plan]  # type: ignore[attr-defined]
+    assert {f.fault for f in drawn} == {f for f in Fault if f is not Fault.DELAY}
+    assert {f.endpoint for f in drawn} == {None, *Endpoint}
+    assert {f.action for f in drawn} >= {None, *__import__("ecpay_lifecycle").Action}
+    assert {len(p) for p in collect(fault_schedules(max_faults=2), 200)} == {0, 1, 2}  # type: ignore[arg-type]
+
+
+def test_a_scheduled_fault_arms_the_emulator() -> None:
+    import httpx
+
+    from ecpay_lifecycle import Client, Credentials, RateLimited
+    from ecpay_lifecycle.emulator import Emulator, Endpoint, Fault
+    from ecpay_lifecycle.strategies import ScheduledFault
+
+    emulator = Emulator(now=REFERENCE_TIME)
+    emulator.add_merchant("3002607", "ejCk326UnaZWKisg", "q9jcZX8Ib9LM8wYk")
+    emulator.authorize("3002607", "A1", 1000)
+    rule = ScheduledFault(
+        fault=Fault.RATE_LIMITED, endpoint=Endpoint.CREDIT_DETAIL, action=None, times=1
+    ).arm(emulator)
+    assert emulator.faults.pending() == (rule,)
+    client = Client(
+        Credentials("3002607", "ejCk326UnaZWKisg", "q9jcZX8Ib9LM8wYk"),
+        transport=httpx.MockTransport(emulator.handler),
+        clock=emulator.clock,
+    )
+    with client, pytest.raises(RateLimited):
+        client.query("A1")
+    assert emulator.faults.pending() == ()
+
+
+def test_fault_schedules_refuse_nonsense() -> None:
+    from ecpay_lifecycle.strategies import fault_schedules
+
+    with pytest.raises(InvalidArgument):
+        fault_schedules(faults=())
+    with pytest.raises(InvalidArgument):
+        fault_schedules(max_faults=-1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from ._client import AsyncClient, Client
 from ._codec import AesCodec
 from ._exceptions import (
     CodecError,
@@ -28,6 +29,14 @@ from ._exceptions import (
     TransportError,
     UnknownStatusError,
 )
+from ._journal import (
+    AttemptRecord,
+    AttemptStatus,
+    InMemoryJournal,
+    Journal,
+    OperationRecord,
+    OperationStatus,
+)
 from ._models import (
     Action,
     GatewayStatus,
@@ -38,6 +47,7 @@ from ._models import (
     State,
     Step,
 )
+from ._outcome import Outcome, Reconciliation, Resolution, StepResult, Verdict
 from ._planner import plan_abandon, plan_capture, plan_refund
 from ._protocol import (
     PRODUCTION_URL,
@@ -62,7 +72,11 @@ __all__ = [
     "TAIPEI",
     "Action",
     "AesCodec",
+    "AsyncClient",
+    "AttemptRecord",
+    "AttemptStatus",
     "CashierInfo",
+    "Client",
     "CloseRow",
     "CodecError",
     "ConfigurationError",
@@ -73,24 +87,33 @@ __all__ = [
     "EnvelopeRejected",
     "GatewayRefused",
     "GatewayStatus",
+    "InMemoryJournal",
     "Intent",
     "InvalidAmount",
     "InvalidArgument",
     "InvalidArgumentType",
+    "Journal",
+    "OperationRecord",
+    "OperationStatus",
     "OrderLocked",
     "OrderSnapshot",
+    "Outcome",
     "OutcomeUnknown",
     "PaymentKind",
     "Plan",
     "ProtocolError",
     "RateLimited",
+    "Reconciliation",
     "RefundExceedsCaptured",
     "ReplyMismatch",
+    "Resolution",
     "RuleViolation",
     "State",
     "Step",
+    "StepResult",
     "TransportError",
     "UnknownStatusError",
+    "Verdict",
     "plan_abandon",
     "plan_capture",
     "plan_refund",
