@@ -44,7 +44,7 @@ from ._wire import (
     read_envelope,
 )
 
-__all__ = ["Emulator"]
+__all__ = ["AsgiApp", "Emulator"]
 
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
@@ -320,12 +320,12 @@ class Emulator:
             got = self._process(got)
         return _to_httpx(got, request)
 
-    async def asgi_app(self, scope: Mapping[str, Any], receive: Any, send: Any) -> None:
+    @property
+    def asgi_app(self) -> AsgiApp:
         """A plain ASGI 3 application: the three endpoints plus admin routes under
-        ``/_emulator/`` (see :mod:`ecpay_lifecycle.emulator` docs). No framework needed."""
-        from ._asgi import serve  # noqa: PLC0415  # the ASGI module imports this one
-
-        await serve(self, scope, receive, send)
+        ``/_emulator/`` (see ``docs/emulator.md``). No framework needed; mount it in any ASGI
+        server (``uvicorn``, ``hypercorn``) or test it with ``httpx.ASGITransport``."""
+        return AsgiApp(self)
 
     # -- the pipeline ------------------------------------------------------------------------
 
@@ -547,6 +547,24 @@ class Emulator:
         view = self._ledger.view(found)
         reply = query_trade_reply(view, echo(got.inner.get("PlatformID")))
         return _Outcome(reply, merchant_trade_no=view.merchant_trade_no)
+
+
+class AsgiApp:
+    """The ASGI 3 callable of one emulator (an object, so servers detect ASGI 3 reliably)."""
+
+    __slots__ = ("_emulator",)
+
+    def __init__(self, emulator: Emulator) -> None:
+        self._emulator = emulator
+
+    def __repr__(self) -> str:
+        return f"<AsgiApp of {self._emulator!r}>"
+
+    async def __call__(self, scope: Mapping[str, Any], receive: Any, send: Any) -> None:
+        """Handle one ASGI scope (``http`` and ``lifespan``)."""
+        from ._asgi import serve  # noqa: PLC0415  # the ASGI module imports this one
+
+        await serve(self._emulator, scope, receive, send)
 
 
 def _action(value: object) -> Action | None:

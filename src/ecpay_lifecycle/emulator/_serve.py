@@ -84,7 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until interrupted; 0 on a clean stop, 2 on bad options or missing uvicorn."""
+    """Serve until interrupted; 2 on bad options or missing uvicorn.
+
+    On SIGINT/SIGTERM uvicorn finishes in-flight requests and then re-raises the signal, so the
+    process exit status reports it (uvicorn's behaviour); 0 when the server stops by itself.
+    """
     try:
         server_module = _uvicorn()
         emulator = build_emulator(args)
@@ -94,7 +98,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     port = sock.getsockname()[1]
     config = server_module.Config(
-        emulator.asgi_app, log_level=args.log_level, lifespan="on", timeout_graceful_shutdown=5
+        emulator.asgi_app,
+        log_level=args.log_level,
+        lifespan="on",
+        interface="asgi3",
+        timeout_graceful_shutdown=5,
     )
     server = server_module.Server(config)
     print(
@@ -116,7 +124,11 @@ def serving(emulator: Emulator, *, port: int = 0, log_level: str = "warning") ->
     server_module = _uvicorn()
     sock = _bind(port)
     config = server_module.Config(
-        emulator.asgi_app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=2
+        emulator.asgi_app,
+        log_level=log_level,
+        lifespan="on",
+        interface="asgi3",
+        timeout_graceful_shutdown=2,
     )
     server = server_module.Server(config)
     thread = threading.Thread(
