@@ -24,10 +24,9 @@ from functools import partial
 import httpx
 
 from _util import interleaved, report
-from ecpay_lifecycle import PaymentKind
-from ecpay_lifecycle._client import DEFAULT_MAX_CONNECTIONS, AsyncClient, Client
-from ecpay_lifecycle._protocol import CREDIT_DETAIL_PATH, Credentials
-from ecpay_lifecycle._rules import TAIPEI
+from ecpay_lifecycle import TAIPEI, AsyncClient, Client, Credentials, PaymentKind
+from ecpay_lifecycle._client import DEFAULT_MAX_CONNECTIONS
+from ecpay_lifecycle._protocol import CREDIT_DETAIL_PATH
 from ecpay_lifecycle.emulator import Emulator
 
 MID = "3002607"

@@ -36,19 +36,20 @@ from typing import Any
 import httpx
 
 from ecpay_lifecycle import (
+    AsyncClient,
+    Credentials,
     EcpayError,
     GatewayRefused,
     InvalidArgument,
     InvalidArgumentType,
     OrderLocked,
     OrderSnapshot,
+    Outcome,
     OutcomeUnknown,
     RateLimited,
+    Reconciliation,
     RuleViolation,
 )
-from ecpay_lifecycle._client import AsyncClient
-from ecpay_lifecycle._outcome import Outcome, Reconciliation
-from ecpay_lifecycle._protocol import Credentials
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -21,28 +21,33 @@ import httpx
 import pytest
 
 from ecpay_lifecycle import (
+    STAGE_URL,
+    TAIPEI,
     Action,
+    AsyncClient,
+    AttemptStatus,
+    Client,
     ConfigurationError,
+    Credentials,
     EcpayError,
     EnvelopeRejected,
     GatewayRefused,
     GatewayStatus,
+    InMemoryJournal,
     Intent,
     InvalidArgument,
     InvalidArgumentType,
+    OperationStatus,
     OrderLocked,
+    Outcome,
     OutcomeUnknown,
     PaymentKind,
     RateLimited,
     RuleViolation,
     State,
     TransportError,
+    Verdict,
 )
-from ecpay_lifecycle._client import AsyncClient, Client
-from ecpay_lifecycle._journal import AttemptStatus, InMemoryJournal, OperationStatus
-from ecpay_lifecycle._outcome import Outcome, Verdict
-from ecpay_lifecycle._protocol import STAGE_URL, Credentials
-from ecpay_lifecycle._rules import TAIPEI
 from ecpay_lifecycle.emulator import Emulator, Endpoint, EventKind, Fault
 
 MID = "3002607"

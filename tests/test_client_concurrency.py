@@ -17,11 +17,17 @@ import time
 
 import httpx
 
-from ecpay_lifecycle import Action, RefundExceedsCaptured, State
-from ecpay_lifecycle._client import AsyncClient, Client, _TaskLocks, _ThreadLocks
-from ecpay_lifecycle._outcome import Outcome
-from ecpay_lifecycle._protocol import Credentials
-from ecpay_lifecycle._rules import TAIPEI
+from ecpay_lifecycle import (
+    TAIPEI,
+    Action,
+    AsyncClient,
+    Client,
+    Credentials,
+    Outcome,
+    RefundExceedsCaptured,
+    State,
+)
+from ecpay_lifecycle._client import _TaskLocks, _ThreadLocks
 from ecpay_lifecycle.emulator import Emulator, Endpoint, EventKind
 
 MID = "3002607"

@@ -16,9 +16,7 @@ from typing import Any
 
 import httpx
 
-from ecpay_lifecycle import Credentials, State
-from ecpay_lifecycle._client import AsyncClient
-from ecpay_lifecycle._rules import TAIPEI
+from ecpay_lifecycle import TAIPEI, AsyncClient, Credentials, State
 from ecpay_lifecycle.emulator import Emulator, Endpoint, Fault
 
 EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples" / "async_service.py"

@@ -18,28 +18,31 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ecpay_lifecycle import (
+    TAIPEI,
     Action,
-    Intent,
-    InvalidArgument,
-    InvalidArgumentType,
-    OrderSnapshot,
-    PaymentKind,
-    Plan,
-    RuleViolation,
-    State,
-    Step,
-)
-from ecpay_lifecycle._journal import (
     AttemptRecord,
     AttemptStatus,
     InMemoryJournal,
+    Intent,
+    InvalidArgument,
+    InvalidArgumentType,
     Journal,
     OperationRecord,
     OperationStatus,
+    OrderSnapshot,
+    PaymentKind,
+    Plan,
+    Reconciliation,
+    Resolution,
+    RuleViolation,
+    State,
+    Step,
+    Verdict,
+    plan_abandon,
+    plan_capture,
+    plan_refund,
 )
-from ecpay_lifecycle._outcome import Reconciliation, Resolution, Verdict, judge
-from ecpay_lifecycle._planner import plan_abandon, plan_capture, plan_refund
-from ecpay_lifecycle._rules import TAIPEI
+from ecpay_lifecycle._outcome import judge
 
 NOW = dt.datetime(2026, 8, 1, 10, 0, tzinfo=TAIPEI)
 AUTH = dt.datetime(2026, 8, 1, 9, 30, tzinfo=TAIPEI)
