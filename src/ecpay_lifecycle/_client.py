@@ -440,6 +440,51 @@ class _Core:
             caller_key=key is not None,
         )
 
+    def _money(
+        self,
+        intent: Intent,
+        merchant_trade_no: object,
+        *,
+        amount: object = None,
+        capture_first: object = False,
+        idempotency_key: object = None,
+    ) -> tuple[str, _Flow[Outcome]]:
+        """Check a capture/refund/abandon call now; return its order and its flow."""
+        call = self._money_call(
+            intent,
+            merchant_trade_no,
+            amount=amount,
+            capture_first=capture_first,
+            idempotency_key=idempotency_key,
+        )
+        return call.merchant_trade_no, self._operation_flow(call)
+
+    def _query(
+        self, merchant_trade_no: object, trade_no: object, kind: object
+    ) -> _Flow[OrderSnapshot]:
+        """Check a query call now; return its flow."""
+        order = check_order_number(merchant_trade_no)
+        known = None if trade_no is None else check_order_number(trade_no, field="trade_no")
+        return self._query_flow(order, known, _check_kind(kind))
+
+    def _raw(
+        self, merchant_trade_no: object, trade_no: object, action: object, amount: object
+    ) -> tuple[str, _Flow[DoActionReply]]:
+        """Check a raw DoAction call now (stage refused); return its order and its flow."""
+        order = check_order_number(merchant_trade_no)
+        number = check_order_number(trade_no, field="trade_no")
+        checked_action = _check_action(action)
+        checked_amount = check_amount(amount)
+        self._refuse_stage(order)
+        return order, self._do_action_flow(order, number, checked_action, checked_amount)
+
+    def _reconcile(
+        self, merchant_trade_no: object, declare: object
+    ) -> tuple[str, _Flow[Reconciliation]]:
+        """Check a reconcile call now; return its order and its flow."""
+        order = check_order_number(merchant_trade_no)
+        return order, self._reconcile_flow(order, self._check_declare(declare))
+
     def _order_key(self, merchant_trade_no: str) -> tuple[str, str]:
         return self._credentials.merchant_id, merchant_trade_no
 
@@ -532,17 +577,11 @@ class _Core:
                     call.intent,
                 )
                 return _outcome_of(existing, replayed=True)
-            if existing.open_attempt is not None:
-                raise self._locked(call.merchant_trade_no, existing)
-        blocking = [
-            record
-            for record in self._journal.for_order(merchant_id, call.merchant_trade_no)
-            if record.key != call.key and record.open_attempt is not None
-        ]
-        if blocking:
+        blocking = self._unresolved(call.merchant_trade_no)
+        if blocking is not None:
             if existing is None:
                 self._journal.save(attrs.evolve(fresh, status=OperationStatus.STOPPED))
-            raise self._locked(call.merchant_trade_no, blocking[0])
+            raise self._locked(call.merchant_trade_no, blocking)
         if existing is not None:
             _log.info(
                 "order %s: resuming an operation that stopped short (%s)",
@@ -556,6 +595,14 @@ class _Core:
         if existing is not None:
             run.save()
         return run
+
+    def _unresolved(self, merchant_trade_no: str) -> OperationRecord | None:
+        """The operation whose unresolved step locks the order, if any (spec 9)."""
+        merchant_id = self._credentials.merchant_id
+        for record in self._journal.for_order(merchant_id, merchant_trade_no):
+            if record.open_attempt is not None:
+                return record
+        return None
 
     def _locked(self, merchant_trade_no: str, record: OperationRecord) -> OrderLocked:
         attempt = record.open_attempt
@@ -824,13 +871,9 @@ class _Core:
             started_at=now,
             updated_at=now,
         )
-        blocking = [
-            r
-            for r in self._journal.for_order(self._credentials.merchant_id, merchant_trade_no)
-            if r.open_attempt is not None
-        ]
-        if blocking:
-            raise self._locked(merchant_trade_no, blocking[0])
+        blocking = self._unresolved(merchant_trade_no)
+        if blocking is not None:
+            raise self._locked(merchant_trade_no, blocking)
         self._journal.save(record)
         run = _Run(self._journal, record, self._now)
         try:
@@ -1075,14 +1118,13 @@ class Client(_Core):
     ) -> OrderSnapshot:
         """The order as ECPay sees it now (R4): CreditDetail for the state, Cashier/QueryTrade
         for TradeNo and the payment kind unless both ``trade_no`` and ``kind`` are given."""
-        order = check_order_number(merchant_trade_no)
-        known = None if trade_no is None else check_order_number(trade_no, field="trade_no")
-        return self._drive(self._query_flow(order, known, _check_kind(kind)))
+        return self._drive(self._query(merchant_trade_no, trade_no, kind))
 
     def capture(self, merchant_trade_no: str, *, idempotency_key: str | None = None) -> Outcome:
         """Close (capture) an authorized order: C, confirmed by a query (R9, R6, R8, R5)."""
-        call = self._money_call(Intent.CAPTURE, merchant_trade_no, idempotency_key=idempotency_key)
-        return self._drive_locked(call.merchant_trade_no, self._operation_flow(call))
+        return self._drive_locked(
+            *self._money(Intent.CAPTURE, merchant_trade_no, idempotency_key=idempotency_key)
+        )
 
     def refund(
         self,
@@ -1093,33 +1135,28 @@ class Client(_Core):
         capture_first: bool = False,
     ) -> Outcome:
         """Return ``amount`` TWD (``None``: all that is left) by the R9 recipe (R10-R13, R18)."""
-        call = self._money_call(
-            Intent.REFUND,
-            merchant_trade_no,
-            amount=amount,
-            capture_first=capture_first,
-            idempotency_key=idempotency_key,
+        return self._drive_locked(
+            *self._money(
+                Intent.REFUND,
+                merchant_trade_no,
+                amount=amount,
+                capture_first=capture_first,
+                idempotency_key=idempotency_key,
+            )
         )
-        return self._drive_locked(call.merchant_trade_no, self._operation_flow(call))
 
     def abandon(self, merchant_trade_no: str, *, idempotency_key: str | None = None) -> Outcome:
         """Release the card hold without capture: N, or E then N on a pending capture (R14, R15)."""
-        call = self._money_call(Intent.ABANDON, merchant_trade_no, idempotency_key=idempotency_key)
-        return self._drive_locked(call.merchant_trade_no, self._operation_flow(call))
+        return self._drive_locked(
+            *self._money(Intent.ABANDON, merchant_trade_no, idempotency_key=idempotency_key)
+        )
 
     def do_action(
         self, merchant_trade_no: str, trade_no: str, action: Action | str, amount: int
     ) -> DoActionReply:
         """One raw DoAction for experts: no planner and no re-send, but queried first, journaled,
         locked per order, confirmed by a query and refused on stage like every other action."""
-        order = check_order_number(merchant_trade_no)
-        number = check_order_number(trade_no, field="trade_no")
-        checked_action = _check_action(action)
-        checked_amount = check_amount(amount)
-        self._refuse_stage(order)
-        return self._drive_locked(
-            order, self._do_action_flow(order, number, checked_action, checked_amount)
-        )
+        return self._drive_locked(*self._raw(merchant_trade_no, trade_no, action, amount))
 
     def reconcile(
         self, merchant_trade_no: str, *, declare: Verdict | str | None = None
@@ -1129,9 +1166,7 @@ class Client(_Core):
         A step the query cannot settle stays unknown (``locked``) unless ``declare`` gives the
         verdict a person established, e.g. from ECPay's merchant back office.
         """
-        order = check_order_number(merchant_trade_no)
-        verdict = self._check_declare(declare)
-        return self._drive_locked(order, self._reconcile_flow(order, verdict))
+        return self._drive_locked(*self._reconcile(merchant_trade_no, declare))
 
 
 class AsyncClient(_Core):
@@ -1212,16 +1247,15 @@ class AsyncClient(_Core):
         kind: PaymentKind | None = None,
     ) -> OrderSnapshot:
         """See :meth:`Client.query`."""
-        order = check_order_number(merchant_trade_no)
-        known = None if trade_no is None else check_order_number(trade_no, field="trade_no")
-        return await self._drive(self._query_flow(order, known, _check_kind(kind)))
+        return await self._drive(self._query(merchant_trade_no, trade_no, kind))
 
     async def capture(
         self, merchant_trade_no: str, *, idempotency_key: str | None = None
     ) -> Outcome:
         """See :meth:`Client.capture`."""
-        call = self._money_call(Intent.CAPTURE, merchant_trade_no, idempotency_key=idempotency_key)
-        return await self._drive_locked(call.merchant_trade_no, self._operation_flow(call))
+        return await self._drive_locked(
+            *self._money(Intent.CAPTURE, merchant_trade_no, idempotency_key=idempotency_key)
+        )
 
     async def refund(
         self,
@@ -1232,39 +1266,32 @@ class AsyncClient(_Core):
         capture_first: bool = False,
     ) -> Outcome:
         """See :meth:`Client.refund`."""
-        call = self._money_call(
-            Intent.REFUND,
-            merchant_trade_no,
-            amount=amount,
-            capture_first=capture_first,
-            idempotency_key=idempotency_key,
+        return await self._drive_locked(
+            *self._money(
+                Intent.REFUND,
+                merchant_trade_no,
+                amount=amount,
+                capture_first=capture_first,
+                idempotency_key=idempotency_key,
+            )
         )
-        return await self._drive_locked(call.merchant_trade_no, self._operation_flow(call))
 
     async def abandon(
         self, merchant_trade_no: str, *, idempotency_key: str | None = None
     ) -> Outcome:
         """See :meth:`Client.abandon`."""
-        call = self._money_call(Intent.ABANDON, merchant_trade_no, idempotency_key=idempotency_key)
-        return await self._drive_locked(call.merchant_trade_no, self._operation_flow(call))
+        return await self._drive_locked(
+            *self._money(Intent.ABANDON, merchant_trade_no, idempotency_key=idempotency_key)
+        )
 
     async def do_action(
         self, merchant_trade_no: str, trade_no: str, action: Action | str, amount: int
     ) -> DoActionReply:
         """See :meth:`Client.do_action`."""
-        order = check_order_number(merchant_trade_no)
-        number = check_order_number(trade_no, field="trade_no")
-        checked_action = _check_action(action)
-        checked_amount = check_amount(amount)
-        self._refuse_stage(order)
-        return await self._drive_locked(
-            order, self._do_action_flow(order, number, checked_action, checked_amount)
-        )
+        return await self._drive_locked(*self._raw(merchant_trade_no, trade_no, action, amount))
 
     async def reconcile(
         self, merchant_trade_no: str, *, declare: Verdict | str | None = None
     ) -> Reconciliation:
         """See :meth:`Client.reconcile`."""
-        order = check_order_number(merchant_trade_no)
-        verdict = self._check_declare(declare)
-        return await self._drive_locked(order, self._reconcile_flow(order, verdict))
+        return await self._drive_locked(*self._reconcile(merchant_trade_no, declare))
