@@ -18,7 +18,7 @@ ever carries a HashKey or HashIV.
     ├── ProtocolError                         a reply that is not what ECPay's contract says
     │   ├── UnknownStatusError                R3: a status with no mapping
     │   └── ReplyMismatch                     R2: echoed IDs differ from the request
-    ├── TransportError                        the request never reached ECPay (nothing was sent)
+    ├── TransportError                        nothing took effect: safe to try again
     ├── RateLimited                           HTTP 403: wait 30 minutes, never retried
     ├── EnvelopeRejected                      TransCode != 1: ECPay did not process the request
     ├── GatewayRefused                        RtnCode != 1: ECPay processed and refused
@@ -179,7 +179,11 @@ class ReplyMismatch(ProtocolError):
 
 
 class TransportError(EcpayError):
-    """The request could not be sent (DNS, connect refused). ECPay never saw it."""
+    """A request failed and nothing took effect, so trying again is safe.
+
+    Either ECPay never saw it (DNS, connect refused, connect timeout), it was a query (which moves
+    nothing), or a lost DoAction reply was proved not applied by a query (spec section 9).
+    """
 
 
 class RateLimited(EcpayError):
