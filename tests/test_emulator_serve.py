@@ -380,3 +380,20 @@ def test_serve_command_runs_and_stops_cleanly(tmp_path: pathlib.Path) -> None:
     assert "Finished server process" in err, (child.returncode, err, _out)
     assert "Traceback" not in err
     assert KEY not in err
+
+
+def test_listening_socket_is_loopback_tcp_so_replies_are_not_delayed() -> None:
+    """asyncio sets TCP_NODELAY only on sockets whose proto is TCP; without it each reply over
+    loopback waits for a delayed ACK (~40 ms). Also: the emulator listens on 127.0.0.1 only."""
+    import socket
+
+    from ecpay_lifecycle.emulator._serve import _bind
+
+    sock = _bind(0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        assert sock.getsockname()[0] == "127.0.0.1"
+    finally:
+        sock.close()
+    with pytest.raises(InvalidArgument):
+        _bind(70000)
