@@ -13,11 +13,11 @@ from ._events import Event, EventKind
 from ._faults import Endpoint, Fault, FaultRule, Faults
 from ._serve import serving
 from ._settings import DEFAULT_REFUSALS, EmulatorSettings, Refusal, RefusalReply, ReplyFlavour
-from ._state import CloseRow, OrderView
+from ._state import CloseRowView, OrderView
 
 __all__ = [
     "DEFAULT_REFUSALS",
-    "CloseRow",
+    "CloseRowView",
     "Emulator",
     "EmulatorSettings",
     "Endpoint",

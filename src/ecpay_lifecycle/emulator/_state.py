@@ -32,7 +32,7 @@ from ecpay_lifecycle._models import (
 from ._events import EventKind
 from ._settings import EmulatorSettings, Refusal
 
-__all__ = ["TAIPEI", "CloseRow", "Ledger", "OrderView"]
+__all__ = ["TAIPEI", "CloseRowView", "Ledger", "OrderView"]
 
 #: Asia/Taipei as a fixed UTC+8 offset (no DST since 1979). Defined here rather than imported
 #: from ``_rules`` so that the emulator's rules stay independent of the library's.
@@ -47,7 +47,7 @@ _FORCEABLE = frozenset(
 
 
 @attrs.frozen
-class CloseRow:
+class CloseRowView:
     """One row of CreditDetail's ``CloseData``: a capture settled by a batch (or UnionPay, R8)."""
 
     status: GatewayStatus
@@ -75,7 +75,7 @@ class OrderView:
     authorized_at: dt.datetime
     refunded_total: int
     pending_refund_total: int
-    close_rows: tuple[CloseRow, ...]
+    close_rows: tuple[CloseRowView, ...]
     capture_settled: bool
     auto_close: bool
 
@@ -120,7 +120,7 @@ class _Order:
     #: The true net closed amount; what CreditDetail shows also depends on the settings.
     net: int = 0
     capture_settled: bool = False
-    rows: list[CloseRow] = attrs.Factory(list)
+    rows: list[CloseRowView] = attrs.Factory(list)
     refunds: list[_Refund] = attrs.Factory(list)
 
     def pending(self) -> int:
@@ -453,7 +453,7 @@ class Ledger:
 
     def _settle_capture(self, order: _Order, at: dt.datetime) -> None:
         order.capture_settled = True
-        order.rows.append(CloseRow(GatewayStatus.CAPTURED, order.net, at))
+        order.rows.append(CloseRowView(GatewayStatus.CAPTURED, order.net, at))
         if self.settings.credit_settlements:
             order.merchant.balance += order.net
 
