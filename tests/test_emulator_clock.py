@@ -46,8 +46,15 @@ def test_clock_never_goes_back() -> None:
     with pytest.raises(InvalidArgumentType):
         emulator.advance(5)  # type: ignore[arg-type]
     assert (state_of(emulator), emulator.events) == before
+    with pytest.raises(InvalidArgument, match="timezone-aware"):
+        emulator.set_time(dt.datetime(2026, 9, 1))
+    with pytest.raises(InvalidArgument, match="leaves the calendar"):
+        emulator.advance(dt.timedelta.max)
+    assert (state_of(emulator), emulator.events) == before
     emulator.set_time(START)  # standing still is allowed
     assert emulator.now == START
+    with pytest.raises(InvalidArgument, match="max_events"):
+        Emulator(now=START, max_events=-1)
 
 
 def test_each_batch_runs_once_in_order_however_the_clock_moves() -> None:
@@ -182,3 +189,21 @@ def test_close_limit_setting_shrinks_r6() -> None:
     emulator.authorize(MID, "A1", 1000)
     emulator.advance(dt.timedelta(hours=1))
     assert not ok(Wire(emulator).do(Action.CLOSE, "A1", 1000))
+
+
+def test_the_end_of_the_calendar_is_a_typed_error_and_changes_nothing() -> None:
+    late = dt.datetime(9999, 11, 1, tzinfo=dt.UTC)
+    emulator = make_emulator(now=late, auto_close=False)
+    emulator.authorize(MID, "A1", 100)
+    before = (state_of(emulator), emulator.events)
+    with pytest.raises(InvalidArgument, match="calendar"):
+        emulator.advance(dt.timedelta(days=1))  # R7's day-90 instant is past year 9999
+    assert (state_of(emulator), emulator.events) == before
+    last = make_emulator(now=dt.datetime(9999, 12, 31, 12, 0, tzinfo=dt.UTC))
+    with pytest.raises(InvalidArgument, match="calendar"):
+        last.next_batch()
+    with pytest.raises(InvalidArgument, match="calendar"):
+        last.set_time(dt.datetime(9999, 12, 31, 20, 0, tzinfo=dt.UTC))  # Taipei is in 10000
+    assert last.now == dt.datetime(9999, 12, 31, 12, 0, tzinfo=dt.UTC)
+    with pytest.raises(InvalidArgument, match="calendar"):
+        Emulator(now=dt.datetime(9999, 12, 31, 20, 0, tzinfo=dt.UTC))

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import httpx
 
-from ecpay_lifecycle._exceptions import CodecError, InvalidArgumentType
+from ecpay_lifecycle._exceptions import CodecError, InvalidArgument, InvalidArgumentType
 from ecpay_lifecycle._models import (
     Action,
     GatewayStatus,
@@ -139,6 +139,8 @@ class Emulator:
             isinstance(max_events, bool) or not isinstance(max_events, int)
         ):
             raise InvalidArgumentType("max_events must be an int or None")
+        if max_events is not None and max_events < 0:
+            raise InvalidArgument(f"max_events must be >= 0, got {max_events}")
         self._lock = threading.RLock()
         self._events: collections.deque[Event] = collections.deque(maxlen=max_events)
         self._seq = 0
@@ -180,7 +182,11 @@ class Emulator:
         if not isinstance(delta, dt.timedelta):
             raise InvalidArgumentType(f"delta must be a timedelta, not {type(delta).__name__}")
         with self._lock:
-            self._ledger.move_to(self._ledger.now + delta)
+            try:
+                target = self._ledger.now + delta
+            except OverflowError as exc:
+                raise InvalidArgument(f"advancing by {delta} leaves the calendar") from exc
+            self._ledger.move_to(target)
             return self._ledger.now
 
     def set_time(self, when: dt.datetime) -> None:

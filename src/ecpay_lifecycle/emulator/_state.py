@@ -132,6 +132,11 @@ class Ledger:
 
     def __init__(self, now: dt.datetime, settings: EmulatorSettings, record: Recorder) -> None:
         self.now = check_aware(now)
+        try:
+            # Every time the emulator shows is in Asia/Taipei: it must exist there.
+            self.now.astimezone(TAIPEI)
+        except OverflowError as exc:
+            raise InvalidArgument("the emulator's calendar ends with year 9999") from exc
         self.settings = settings
         self._record = record
         self.merchants: dict[str, _Merchant] = {}
@@ -214,6 +219,7 @@ class Ledger:
             authorized_at=when,
             status=GatewayStatus.AUTHORIZED,
         )
+        missed = self._schedule(when, self.now, [order])
         if kind is PaymentKind.UNIONPAY:
             order.status = self.settings.unionpay_start_status
             order.net = total
@@ -228,7 +234,8 @@ class Ledger:
             amount=total,
             note=f"authorized {kind.value} TradeNo {order.trade_no}",
         )
-        self._run(when, self.now, [order])
+        for happen in missed:
+            happen()
         return order.trade_no
 
     def _new_trade_no(self, when: dt.datetime) -> str:
@@ -344,48 +351,58 @@ class Ledger:
                 f"the emulator's clock never goes back: {when.isoformat()} is before "
                 f"{self.now.isoformat()}"
             )
-        start, self.now = self.now, when
-        self._run(start, when, None)
+        happenings = self._schedule(self.now, when, None)
+        self.now = when
+        for happen in happenings:
+            happen()
 
     def batch_times(self, start: dt.datetime, end: dt.datetime) -> Iterator[dt.datetime]:
         """Every batch instant in ``(start, end]``, in order (R5)."""
-        day = start.astimezone(TAIPEI).date()
+        first = start.astimezone(TAIPEI).date()
         last = end.astimezone(TAIPEI).date()
-        while day <= last:
+        for offset in range((last - first).days + 1):
+            day = first + dt.timedelta(days=offset)
             at = dt.datetime.combine(day, self.settings.batch_time, tzinfo=TAIPEI)
             if start < at <= end:
                 yield at
-            day += dt.timedelta(days=1)
 
     def next_batch(self) -> dt.datetime:
         """The first batch instant after the clock."""
-        return next(self.batch_times(self.now, self.now + dt.timedelta(days=2)))
+        try:
+            return next(self.batch_times(self.now, self.now + dt.timedelta(days=2)))
+        except OverflowError as exc:
+            raise InvalidArgument("no batch is left before the end of the calendar") from exc
 
-    def _run(self, start: dt.datetime, end: dt.datetime, only: list[_Order] | None) -> None:
-        """Apply, in time order, what happens in ``(start, end]``: batches and R7's day rules.
+    def _schedule(
+        self, start: dt.datetime, end: dt.datetime, only: list[_Order] | None
+    ) -> list[Callable[[], None]]:
+        """What happens in ``(start, end]``, in time order: batches and R7's day rules.
 
-        ``only`` restricts the work to some orders (replaying an order authorized in the past);
-        then the batch itself is not logged, only what it did to those orders.
+        Pure: nothing changes until the caller runs the returned callables. ``only`` restricts
+        the work to some orders (replaying an order authorized in the past); then the batch
+        itself is not logged, only what it did to those orders.
         """
         if end <= start:
-            return
+            return []
         happenings: list[tuple[dt.datetime, int, int, Callable[[], None]]] = []
         tie = itertools.count()
-        for order in self.orders.values() if only is None else only:
-            if order.merchant.auto_close:
-                continue
-            notice = order.authorized_at + self.settings.notice_after
-            if start < notice <= end:
-                happenings.append((notice, 0, next(tie), _bind(self._notice, order, notice)))
-            # R7: abandoned *after* the deadline: at the deadline itself the order still stands.
-            expiry = order.authorized_at + self.settings.abandon_after
-            if start <= expiry < end:
-                happenings.append((expiry, 1, next(tie), _bind(self._expire, order, expiry)))
-        for at in self.batch_times(start, end):
-            happenings.append((at, 2, next(tie), _bind(self._batch, at, only)))
+        try:
+            for order in self.orders.values() if only is None else only:
+                if order.merchant.auto_close:
+                    continue
+                notice = order.authorized_at + self.settings.notice_after
+                if start < notice <= end:
+                    happenings.append((notice, 0, next(tie), _bind(self._notice, order, notice)))
+                # R7: abandoned *after* the deadline: at the deadline the order still stands.
+                expiry = order.authorized_at + self.settings.abandon_after
+                if start <= expiry < end:
+                    happenings.append((expiry, 1, next(tie), _bind(self._expire, order, expiry)))
+            for at in self.batch_times(start, end):
+                happenings.append((at, 2, next(tie), _bind(self._batch, at, only)))
+        except OverflowError as exc:
+            raise InvalidArgument("the emulator's calendar ends with year 9999") from exc
         happenings.sort(key=lambda item: item[:3])
-        for _at, _rank, _n, happen in happenings:
-            happen()
+        return [happen for _at, _rank, _n, happen in happenings]
 
     def _notice(self, order: _Order, at: dt.datetime) -> None:
         if order.status in _HOLDING:
