@@ -15,6 +15,7 @@ import enum
 import json
 import threading
 import time
+import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -384,7 +385,7 @@ class Emulator:
             self._ledger.now,
             merchant_id=merchant_id or None,
             endpoint=endpoint,
-            request=inner,
+            request=None if inner is None else types.MappingProxyType(inner),
             trans_code=code,
             note=f"bad envelope: {message}",
         )
@@ -416,9 +417,9 @@ class Emulator:
                 endpoint=got.endpoint,
                 action=got.action,
                 amount=outcome.amount if outcome else None,
-                request=got.inner,
+                request=types.MappingProxyType(got.inner),
                 applied=bool(outcome and outcome.applied),
-                reply=outcome.reply if outcome else None,
+                reply=types.MappingProxyType(outcome.reply) if outcome else None,
                 trans_code=1 if outcome else _trans_code_of(reply),
                 rtn_code=_rtn_code(outcome.reply) if outcome else None,
                 refusal=outcome.refusal if outcome else None,
