@@ -727,6 +727,21 @@ def test_settings_validate_their_fields() -> None:
         EmulatorSettings(batch_window_end=dt.time(20, 0))
     with pytest.raises(InvalidArgumentType):
         EmulatorSettings(full_amount_actions=frozenset({"C"}))  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentType):
+        RefusalReply("2", "x")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentType):
+        EmulatorSettings(refusals=[(Refusal.OVER_DATE, (2, "x"))])  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentType):
+        EmulatorSettings(refusals={Refusal.OVER_DATE: "error_overDate"})  # type: ignore[dict-item]
+    with pytest.raises(InvalidArgumentType):
+        EmulatorSettings(close_limit=21)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentType):
+        EmulatorSettings(batch_time=dt.time(20, 15, tzinfo=TAIPEI))
+    with pytest.raises(InvalidArgumentType):
+        EmulatorSettings(full_amount_actions="CEN")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentType):
+        EmulatorSettings(bad_envelope_trans_code="999")  # type: ignore[arg-type]
+    assert EmulatorSettings(full_amount_actions=[C]).full_amount_actions == frozenset({C})
     assert attrs.evolve(EmulatorSettings(), close_limit=dt.timedelta(days=7)).close_limit == (
         dt.timedelta(days=7)
     )

@@ -397,3 +397,45 @@ def test_listening_socket_is_loopback_tcp_so_replies_are_not_delayed() -> None:
         sock.close()
     with pytest.raises(InvalidArgument):
         _bind(70000)
+
+
+def drive(emulator: Emulator, scope: dict[str, Any], messages: list[dict[str, Any]]) -> list[Any]:
+    """Call the ASGI app directly with scripted ``receive`` messages; return what it sent."""
+    sent: list[Any] = []
+    script = iter(messages)
+
+    async def receive() -> dict[str, Any]:
+        return next(script)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    asyncio.run(emulator.asgi_app(scope, receive, send))
+    return sent
+
+
+def test_asgi_lifespan_other_scopes_and_oversized_bodies() -> None:
+    emulator = make_emulator()
+    lifespan = drive(
+        emulator,
+        {"type": "lifespan"},
+        [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}],
+    )
+    assert [m["type"] for m in lifespan] == [
+        "lifespan.startup.complete",
+        "lifespan.shutdown.complete",
+    ]
+    assert drive(emulator, {"type": "websocket"}, []) == []
+    chunk = {"type": "http.request", "body": b"x" * (1 << 19), "more_body": True}
+    sent = drive(
+        emulator, {"type": "http", "method": "POST", "path": Endpoint.DO_ACTION.value}, [chunk] * 3
+    )
+    assert sent[0]["status"] == 413
+    # A client that disconnects mid-body gets the bad envelope it sent, and nothing changes.
+    sent = drive(
+        emulator,
+        {"type": "http", "method": "POST", "path": Endpoint.DO_ACTION.value},
+        [{"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}],
+    )
+    assert json.loads(sent[1]["body"])["TransCode"] == 999
+    assert repr(emulator.asgi_app).startswith("<AsgiApp of <Emulator now=")
