@@ -34,6 +34,7 @@ from ecpay_lifecycle._models import Action, GatewayStatus, PaymentKind
 from ._events import Event
 from ._faults import Endpoint, Fault
 from ._state import OrderView
+from ._wire import parse_aware_iso
 
 if TYPE_CHECKING:
     from ._emulator import Emulator, _Reply
@@ -176,7 +177,7 @@ def _route(
                     raise _AdminError("advance_seconds must be a number")
                 emulator.advance(dt.timedelta(seconds=seconds))
             elif "set" in data:
-                emulator.set_time(_datetime(data["set"], "set"))
+                emulator.set_time(parse_aware_iso(data["set"], "set"))
             else:
                 raise _AdminError('give "advance_seconds" or "set"')
             return 200, _time(emulator)
@@ -203,7 +204,7 @@ def _route(
                 data.get("merchant_trade_no"),  # type: ignore[arg-type]
                 data.get("amount"),  # type: ignore[arg-type]
                 kind=kind,
-                at=None if at is None else _datetime(at, "at"),
+                at=None if at is None else parse_aware_iso(at, "at"),
             )
             return 201, {"trade_no": trade_no}
         case ["orders", merchant_id, number], "GET":
@@ -252,18 +253,6 @@ def _json_body(body: bytes) -> dict[str, Any]:
 
 def _time(emulator: Emulator) -> dict[str, str]:
     return {"now": emulator.now.isoformat(), "next_batch": emulator.next_batch().isoformat()}
-
-
-def _datetime(value: object, field: str) -> dt.datetime:
-    if not isinstance(value, str):
-        raise _AdminError(f"{field} must be an ISO 8601 string with an offset")
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError as error:
-        raise _AdminError(f"{field} is not ISO 8601: {value!r}") from error
-    if parsed.tzinfo is None:
-        raise _AdminError(f"{field} needs a UTC offset, e.g. +08:00")
-    return parsed
 
 
 _E = TypeVar("_E", Fault, Action, PaymentKind)

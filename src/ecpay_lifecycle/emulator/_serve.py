@@ -28,6 +28,7 @@ from ecpay_lifecycle._models import Action, GatewayStatus, PaymentKind
 
 from ._emulator import Emulator
 from ._settings import EmulatorSettings, Refusal, RefusalReply, ReplyFlavour
+from ._wire import parse_aware_iso
 
 __all__ = ["add_arguments", "build_emulator", "run", "serving"]
 
@@ -184,7 +185,7 @@ def build_emulator(args: argparse.Namespace) -> Emulator:
         seed = load_seed(args.seed)
     start_text = args.start if args.start is not None else seed.get("start")
     start = (
-        _parse_time(start_text, "start")
+        parse_aware_iso(start_text, "start")
         if start_text is not None
         else dt.datetime.now(dt.UTC).replace(microsecond=0)
     )
@@ -212,7 +213,7 @@ def build_emulator(args: argparse.Namespace) -> Emulator:
             _get(entry, "merchant_trade_no"),
             _get(entry, "amount"),
             kind=_kind(entry.get("kind", "one_time")),
-            at=None if at is None else _parse_time(at, "at"),
+            at=None if at is None else parse_aware_iso(at, "at"),
         )
     for spec in args.order:
         parts = spec.split(":")
@@ -293,18 +294,6 @@ def _kind(value: object) -> PaymentKind:
         if value in (kind.value, kind.name):
             return kind
     raise InvalidArgument(f"kind must be one of {', '.join(k.value for k in PaymentKind)}")
-
-
-def _parse_time(value: object, field: str) -> dt.datetime:
-    if not isinstance(value, str):
-        raise InvalidArgument(f"{field} must be an ISO 8601 string")
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError as error:
-        raise InvalidArgument(f"{field} is not ISO 8601: {value!r}") from error
-    if parsed.tzinfo is None:
-        raise InvalidArgument(f"{field} needs a UTC offset, e.g. 2026-08-01T10:00:00+08:00")
-    return parsed
 
 
 def _main() -> int:

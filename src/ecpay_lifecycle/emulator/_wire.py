@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from ecpay_lifecycle._codec import AesCodec
-from ecpay_lifecycle._exceptions import CodecError
+from ecpay_lifecycle._exceptions import CodecError, InvalidArgument
 from ecpay_lifecycle._models import GatewayStatus, PaymentKind
 
 from ._settings import ReplyFlavour
@@ -222,3 +222,17 @@ def other_number(number: object) -> str:
 def echo(value: object) -> str:
     """A request field echoed in a reply: strings as sent, anything else as ``""``."""
     return value if isinstance(value, str) else ""
+
+
+def parse_aware_iso(value: object, field: str) -> dt.datetime:
+    """An ISO 8601 date-time with a UTC offset, as ``serve``'s flags and the admin routes take
+    it; anything else is :class:`InvalidArgument` naming ``field``."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{field} must be an ISO 8601 string with a UTC offset")
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError as error:
+        raise InvalidArgument(f"{field} is not ISO 8601: {value!r}") from error
+    if parsed.tzinfo is None:
+        raise InvalidArgument(f"{field} needs a UTC offset, e.g. 2026-08-01T10:00:00+08:00")
+    return parsed
