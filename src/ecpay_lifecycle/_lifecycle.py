@@ -31,6 +31,8 @@ from ._models import Action, OrderSnapshot, PaymentKind, State
 __all__ = [
     "DO_ACTION_TRIGGERS",
     "MACHINE_STATES",
+    "SETTLED_AFTER",
+    "STATE_OF",
     "TERMINAL_STATES",
     "TRANSITIONS",
     "Context",
@@ -73,7 +75,7 @@ DO_ACTION_TRIGGERS: Final[Mapping[Action, str]] = {
     Action.ABANDON: "abandon",
 }
 
-_STATE_OF: Final[Mapping[str, State]] = {
+STATE_OF: Final[Mapping[str, State]] = {
     UNAUTHORIZED: State.UNAUTHORIZED,
     AUTHORIZED: State.AUTHORIZED,
     TO_CLOSE_CAPTURE: State.TO_CLOSE,
@@ -562,7 +564,7 @@ def fire_via_machine(pos: Position, trigger: str, ctx: Context) -> tuple[Positio
 
 def state_of(machine_state: str) -> State:
     """The public :class:`State` a machine state is shown as."""
-    return _STATE_OF[machine_state]
+    return STATE_OF[machine_state]
 
 
 _NAME_OF: Final[Mapping[tuple[State, bool], str]] = {
@@ -600,7 +602,7 @@ def context_of(snapshot: OrderSnapshot, now: dt.datetime, event_amount: int = 0)
     )
 
 
-_SETTLED_AFTER: Final[Mapping[str, bool]] = {
+SETTLED_AFTER: Final[Mapping[str, bool]] = {
     TO_CLOSE_REFUND: True,
     CLOSED: True,
     REFUNDED: True,
@@ -613,4 +615,4 @@ _SETTLED_AFTER: Final[Mapping[str, bool]] = {
 
 def settled_after(machine_state: str, before: bool) -> bool:
     """Whether a capture has settled once the order is in ``machine_state`` (``before``: it had)."""
-    return _SETTLED_AFTER.get(machine_state, before)
+    return SETTLED_AFTER.get(machine_state, before)

@@ -235,16 +235,16 @@ def _walk(
     position = _lifecycle.position_of(snapshot)
     settled = snapshot.capture_settled
     steps = []
-    fire, state_of, settled_after = _lifecycle.step, _lifecycle.state_of, _lifecycle.settled_after
+    fire, state_of, settled_after = _lifecycle.step, _lifecycle.STATE_OF, _lifecycle.SETTLED_AFTER
     try:
         for action, trigger, amount in actions:
             position, rule = fire(position, trigger, snapshot, now, amount)
-            settled = settled_after(position.state, settled)
+            settled = settled_after.get(position.state, settled)
             steps.append(
                 Step(
                     action=action,
                     amount=amount,
-                    state_after=state_of(position.state),
+                    state_after=state_of[position.state],
                     closed_amount_after=position.closed_amount,
                     capture_settled_after=settled,
                     rule=rule,
