@@ -31,10 +31,12 @@ from hypothesis import strategies as st
 from ._exceptions import InvalidArgument
 from ._models import Action, OrderSnapshot, PaymentKind, State
 from ._rules import CAPTURE_DAYS, FORCED_ABANDON_DAYS, NOTICE_DAYS, TAIPEI
+from ._stateful import LifecycleMachine
 from .emulator import Emulator, Endpoint, Fault, FaultRule
 
 __all__ = [
     "REFERENCE_TIME",
+    "LifecycleMachine",
     "ScheduledFault",
     "fault_schedules",
     "order_numbers",

@@ -1,0 +1,552 @@
+"""``LifecycleMachine``: a hypothesis state machine running the real Client against the emulator.
+
+Part of the public testing kit (re-exported by :mod:`ecpay_lifecycle.strategies`). Each run
+builds an :class:`~ecpay_lifecycle.emulator.Emulator` with one merchant and a
+:class:`~ecpay_lifecycle.Client` over ``httpx.MockTransport``, then drives random sequences of
+authorizations, captures, refunds, abandons, retries, clock moves (across the 20:15 batch and
+the 21/80/90-day marks), bank events and balance changes. It is the project's differential
+test (issue 4): before every money movement it asks the planner what should happen, on the
+emulator's own truth at the emulator's time, and then checks that
+
+* the planner refuses exactly when the client does, with the same rule and nothing sent;
+* what the planner allows, the emulator applies step for step (the one intended exception is
+  R16, the merchant's balance, which no snapshot shows);
+* what the planner refuses, the emulator refuses too when sent the plain DoAction a caller
+  without the library would send (:attr:`LifecycleMachine.agreement` pairs refusals with rules);
+* after every step: the client's query equals the emulator's truth for every order, refunds
+  never exceed what was captured, the balance is never negative, and no order is locked.
+
+A shop subclasses it, builds its own service on :attr:`LifecycleMachine.client` and adds
+``@rule`` methods that call the service and ``@invariant`` methods that check its books (see
+``docs/testing.md`` and ``examples/test_shop_service.py``). It also runs as is::
+
+    TestLifecycle = LifecycleMachine.TestCase
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import itertools
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final, cast
+
+import attrs
+import httpx
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
+
+from . import _planner
+from ._client import Client
+from ._exceptions import (
+    EcpayError,
+    GatewayRefused,
+    InvalidAmount,
+    RuleViolation,
+)
+from ._models import Action, GatewayStatus, Intent, OrderSnapshot, PaymentKind, Plan, State
+from ._outcome import Outcome
+from ._protocol import Credentials
+from ._rules import TAIPEI, in_blackout
+from .emulator import Emulator, Endpoint, Event, EventKind, Refusal
+
+__all__ = ["LifecycleMachine"]
+
+# Made-up keys for the machine's merchant: 16 ASCII bytes each (R1). Never printed.
+_KEY: Final = "LifecycleKey2026"
+_IV: Final = "LifecycleIv20261"
+
+#: For each rule the planner refuses with, the emulator's refusals that agree with it when it is
+#: sent the plain DoAction for the same intent (C to capture, N to abandon, R to refund). Besides
+#: these, the emulator may always answer :attr:`Refusal.BATCH_WINDOW` while the R5 window is
+#: open: it refuses every DoAction then before looking further, where the planner first names
+#: what the order's state or kind forbids for good. Every other set with two members is another
+#: such difference in the order of checks, named in its comment.
+_AGREEMENT: Final[Mapping[str, frozenset[Refusal]]] = {
+    # Unauthorized or unsettled: no DoAction applies.
+    "R3": frozenset({Refusal.WRONG_STATE}),
+    "R5": frozenset({Refusal.BATCH_WINDOW}),
+    # C after 21 days (for a refund with capture_first, the probe sends that C).
+    "R6": frozenset({Refusal.OVER_DATE}),
+    # N after day 90: by then the emulator has abandoned the order itself.
+    "R7": frozenset({Refusal.WRONG_STATE}),
+    "R8": frozenset({Refusal.UNIONPAY}),
+    "R9": frozenset({Refusal.WRONG_STATE}),
+    # More than is left of a captured order; or an abandoned one, whose status takes no R.
+    "R10": frozenset({Refusal.OVER_CAPTURED, Refusal.WRONG_STATE}),
+    # A part of an instalment or bonus order: the planner names the kind first; the emulator
+    # refuses R on an authorized order for its state before looking at the kind.
+    "R11": frozenset({Refusal.INSTALLMENT_FULL_ONLY, Refusal.WRONG_STATE}),
+    "R12": frozenset({Refusal.BONUS_FULL_ONLY, Refusal.WRONG_STATE}),
+    "R14": frozenset({Refusal.WRONG_STATE}),
+    # A part of an authorized order: R does not apply before C; the library's path C then R is
+    # taken only when the caller asks (capture_first).
+    "R18": frozenset({Refusal.WRONG_STATE}),
+    # More than the order: the planner checks the amount first, the emulator the status first.
+    # Also "refund everything" of an order whose refunds took everything, pending the batch: the
+    # planner names R19 for the R(0) it would need, the emulator refuses R of any amount.
+    "R19": frozenset({Refusal.BAD_AMOUNT, Refusal.WRONG_STATE, Refusal.OVER_CAPTURED}),
+}
+
+#: R5's edges, Asia/Taipei wall times the clock rule jumps to.
+_WINDOW_EDGES: Final = (
+    dt.time(20, 14, 59),
+    dt.time(20, 15),
+    dt.time(20, 29, 59),
+    dt.time(20, 30),
+)
+#: R6 and R7: days after authorization that change what may be done (auto-close off).
+_DAY_MARKS: Final = (21, 80, 90)
+#: What the bank or ECPay can do to an order without the merchant (R3).
+_BANK_STATUSES: Final = (
+    GatewayStatus.BANK_RECLAIMING,
+    GatewayStatus.BATCH_FAILED,
+    GatewayStatus.UNAUTHORIZED,
+)
+_CAPTURED_STATUSES: Final = frozenset({GatewayStatus.TO_BE_CAPTURED, GatewayStatus.CAPTURED})
+
+
+@attrs.frozen
+class _Call:
+    """A money call that succeeded, kept so that a rule can repeat it with the same key."""
+
+    intent: Intent
+    merchant_trade_no: str
+    amount: int | None
+    capture_first: bool
+    key: str
+    outcome: Outcome
+
+
+def _position(snapshot: OrderSnapshot) -> str:
+    """The state with TO_CLOSE's two flavours told apart (R9), for coverage counts."""
+    if snapshot.pending_capture:
+        return "to_close_capture"
+    if snapshot.pending_refund:
+        return "to_close_refund"
+    return snapshot.state.value
+
+
+class LifecycleMachine(RuleBasedStateMachine):
+    """Random order lifecycles through :class:`~ecpay_lifecycle.Client` against the emulator,
+    checked at every step against the planner and the emulator's own books (spec 8, 10).
+
+    Class attributes a subclass may change:
+
+    * ``auto_close``: the merchant's daily auto-close setting (R5-R7), default True;
+    * ``start``: the emulator's start time (the strategies' ``REFERENCE_TIME``);
+    * ``balance``: the merchant's ECPay balance at the start (R16), default 0;
+    * ``kinds``, ``max_amount``, ``max_orders``: what :meth:`authorize` draws;
+    * ``probe_refusals``: also send the plain DoAction the planner refused and check the
+      emulator refuses it (one more round trip per refusal), default True;
+    * ``agreement``: for each rule the planner refuses with, the emulator refusals that agree
+      (change it with the emulator's settings);
+    * ``bank_events`` and ``balance_changes``: whether the rules that force a bank status (R3)
+      and set the balance (R16) run, default True.
+
+    Hooks: :meth:`make_emulator`, :meth:`make_client` and :meth:`on_authorized`. Helpers for a
+    subclass's own rules: :meth:`truth`, :meth:`plan` and :meth:`balance_covers`.
+    :attr:`reached` counts what a run covered (states and kinds, plans, refusals).
+    """
+
+    merchant_id: ClassVar[str] = "3002607"
+    auto_close: ClassVar[bool] = True
+    # The strategies' REFERENCE_TIME (a Wednesday, 10:00 Taipei); a test keeps the two equal.
+    start: ClassVar[dt.datetime] = dt.datetime(2026, 11, 25, 10, 0, tzinfo=TAIPEI)
+    balance: ClassVar[int] = 0
+    kinds: ClassVar[tuple[PaymentKind, ...]] = tuple(PaymentKind)
+    max_amount: ClassVar[int] = 20_000
+    max_orders: ClassVar[int] = 4
+    probe_refusals: ClassVar[bool] = True
+    agreement: ClassVar[Mapping[str, frozenset[Refusal]]] = _AGREEMENT
+    bank_events: ClassVar[bool] = True
+    balance_changes: ClassVar[bool] = True
+
+    #: The MerchantTradeNo of every order authorized so far.
+    orders = Bundle[str]("orders")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emulator: Emulator = self.make_emulator()
+        self.emulator.add_merchant(
+            self.merchant_id, _KEY, _IV, auto_close=self.auto_close, balance=self.balance
+        )
+        self.client: Client = self.make_client(
+            self.emulator, Credentials(self.merchant_id, _KEY, _IV, auto_close=self.auto_close)
+        )
+        #: Every order authorized so far, oldest first.
+        self.order_numbers: list[str] = []
+        #: What this run covered: ``("state", position, kind)`` for every order after every
+        #: step, ``("plan", intent, actions)`` for every plan carried out, ``("refused", rule,
+        #: emulator refusal)`` for every refusal, ``("gateway", rule)`` for every R16 refusal,
+        #: ``("retry", intent)`` for every replay.
+        self.reached: collections.Counter[tuple[str, ...]] = collections.Counter()
+        self._keys = itertools.count(1)
+        self._last: _Call | None = None
+        self._bank_event_done = False
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def make_emulator(self) -> Emulator:
+        """The emulator this run uses; override to pass :class:`EmulatorSettings`."""
+        return Emulator(now=self.start)
+
+    def make_client(self, emulator: Emulator, credentials: Credentials) -> Client:
+        """The client the rules use (and a shop's service should use): over
+        ``httpx.MockTransport(emulator.handler)`` on the emulator's clock."""
+        return Client(
+            credentials, transport=httpx.MockTransport(emulator.handler), clock=emulator.clock
+        )
+
+    def on_authorized(self, merchant_trade_no: str) -> None:
+        """Called after :meth:`authorize` created an order: tell your service it was paid."""
+
+    def teardown(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
+
+    # -- helpers for rules -------------------------------------------------------------------
+
+    def truth(self, merchant_trade_no: str) -> OrderSnapshot:
+        """The order as the emulator knows it now (not as any client believes it)."""
+        return self.emulator.snapshot(self.merchant_id, merchant_trade_no)
+
+    def plan(
+        self,
+        intent: Intent,
+        merchant_trade_no: str,
+        amount: int | None = None,
+        *,
+        capture_first: bool = False,
+    ) -> Plan:
+        """What the planner makes of the emulator's truth at the emulator's time (spec 8).
+
+        Raises exactly what the planner raises (:class:`RuleViolation`, :class:`InvalidAmount`,
+        ...): the oracle a shop's rule compares its own service's answer with.
+        """
+        return self._plan(
+            intent, self.truth(merchant_trade_no), amount, capture_first=capture_first
+        )
+
+    def balance_covers(self, merchant_trade_no: str, plan: Plan) -> bool:
+        """R16: whether the merchant's balance covers the plan's refund after settlement.
+
+        The planner cannot know (no snapshot carries the balance), so ECPay refuses such a
+        plan's R; a shop must expect that refusal (``GatewayRefused``) even for planned refunds.
+        """
+        settled = self.truth(merchant_trade_no).capture_settled
+        balance = self.emulator.balance(self.merchant_id)
+        for step in plan.steps:
+            if step.action is Action.REFUND and settled and step.amount > balance:
+                return False
+            settled = step.capture_settled_after
+        return True
+
+    def _plan(
+        self, intent: Intent, truth: OrderSnapshot, amount: object, *, capture_first: bool
+    ) -> Plan:
+        now = self.emulator.now
+        if intent is Intent.CAPTURE:
+            return _planner.plan_capture(truth, now=now)
+        if intent is Intent.ABANDON:
+            return _planner.plan_abandon(truth, now=now)
+        return _planner.plan_refund(truth, cast(Any, amount), now=now, capture_first=capture_first)
+
+    # -- rules: orders and money -------------------------------------------------------------
+
+    @precondition(lambda self: len(self.order_numbers) < self.max_orders)
+    @rule(target=orders, data=st.data())
+    def authorize(self, data: st.DataObject) -> str:
+        """A card holder pays: a new order of a drawn kind and amount, maybe authorized up to
+        100 days ago (the batches and day rules it missed are applied, R5-R8)."""
+        amount = data.draw(st.integers(1, self.max_amount), label="amount")
+        kind = data.draw(st.sampled_from(self.kinds), label="kind")
+        age = data.draw(st.just(0) | st.integers(0, 100 * 86400), label="age (seconds)")
+        number = f"LM{len(self.order_numbers) + 1}"
+        at = self.emulator.now - dt.timedelta(seconds=age)
+        self.emulator.authorize(self.merchant_id, number, amount, kind=kind, at=at)
+        self.order_numbers.append(number)
+        self.on_authorized(number)
+        return number
+
+    @rule(order=orders)
+    def capture(self, order: str) -> None:
+        """``Client.capture``, checked against the planner and the emulator (R6, R8, R9, R5)."""
+        self._money(Intent.CAPTURE, order)
+
+    @rule(order=orders, capture_first=st.booleans(), data=st.data())
+    def refund(self, order: str, capture_first: bool, data: st.DataObject) -> None:
+        """``Client.refund`` of an amount drawn for the order as it is now: everything, a part,
+        too much, or not an amount at all (R9-R13, R18, R19)."""
+        from .strategies import refund_requests  # noqa: PLC0415  # strategies re-exports this module
+
+        truth = self.truth(order)
+        requests = refund_requests(truth)
+        if truth.state.actionable and truth.refundable:
+            # refund_requests alone draws mostly its many invalid shapes: a third of the draws
+            # are valid requests, a third any part of the order (R18, capture_first).
+            requests = data.draw(
+                st.sampled_from(
+                    (refund_requests(truth, valid=True), st.integers(1, truth.amount), requests)
+                ),
+                label="kind of request",
+            )
+        amount = data.draw(requests, label="amount")
+        self._money(Intent.REFUND, order, amount, capture_first=capture_first)
+
+    @rule(order=orders)
+    def abandon(self, order: str) -> None:
+        """``Client.abandon``: N, or E then N on a pending capture (R14, R15)."""
+        self._money(Intent.ABANDON, order)
+
+    @precondition(lambda self: self._last is not None)
+    @rule()
+    def retry_same_key(self) -> None:
+        """Repeat the last successful call with its idempotency key: the recorded outcome comes
+        back and nothing is sent (spec 9), however the order changed since."""
+        last = self._last
+        assert last is not None
+        mark = self._mark()
+        if last.intent is Intent.REFUND:
+            again = self.client.refund(
+                last.merchant_trade_no,
+                last.amount,
+                idempotency_key=last.key,
+                capture_first=last.capture_first,
+            )
+        elif last.intent is Intent.CAPTURE:
+            again = self.client.capture(last.merchant_trade_no, idempotency_key=last.key)
+        else:
+            again = self.client.abandon(last.merchant_trade_no, idempotency_key=last.key)
+        assert again == attrs.evolve(last.outcome, replayed=True), again
+        assert self._sent(mark) == [], "a replayed call sent a DoAction"
+        self.reached["retry", last.intent.value] += 1
+
+    # -- rules: the world moves --------------------------------------------------------------
+
+    @rule(seconds=st.integers(1, 3600) | st.integers(3600, 3 * 86400))
+    def advance_clock(self, seconds: int) -> None:
+        """Time passes: minutes, hours or days, running every 20:15 batch crossed (R5)."""
+        self.emulator.advance(dt.timedelta(seconds=seconds))
+
+    @rule(edge=st.sampled_from(_WINDOW_EDGES))
+    def clock_to_batch_window(self, edge: dt.time) -> None:
+        """Jump to the next 20:14:59, 20:15:00, 20:29:59 or 20:30:00 Taipei: R5's edges."""
+        local = self.emulator.now.astimezone(TAIPEI)
+        target = dt.datetime.combine(local.date(), edge, tzinfo=TAIPEI)
+        if target <= local:
+            target += dt.timedelta(days=1)
+        self.emulator.set_time(target)
+
+    @rule(order=orders, days=st.sampled_from(_DAY_MARKS), offset=st.sampled_from((-1, 0, 1)))
+    def clock_to_day_mark(self, order: str, days: int, offset: int) -> None:
+        """Jump to a second before, on or after an order's day 21, 80 or 90 (R6, R7)."""
+        target = self.truth(order).authorized_at + dt.timedelta(days=days, seconds=offset)
+        if target > self.emulator.now:
+            self.emulator.set_time(target)
+
+    @precondition(lambda self: self.bank_events and not self._bank_event_done)
+    @rule(order=orders, status=st.sampled_from(_BANK_STATUSES))
+    def bank_event(self, order: str, status: GatewayStatus) -> None:
+        """The bank or ECPay takes the order out of the merchant's hands: a chargeback, a batch
+        failure, or an authorization found missing (R3: nothing may be sent). Once per run,
+        because such an order never moves again."""
+        view = self.emulator.order(self.merchant_id, order)
+        if status is GatewayStatus.UNAUTHORIZED and view.state is not State.AUTHORIZED:
+            return  # only a live hold can turn out unauthorized
+        self.emulator.set_status(self.merchant_id, order, status)
+        self._bank_event_done = True
+
+    @precondition(lambda self: self.balance_changes)
+    @rule(balance=st.integers(0, 5_000))
+    def set_balance(self, balance: int) -> None:
+        """The merchant's ECPay balance changes (payouts, other refunds): R16's input."""
+        self.emulator.set_balance(self.merchant_id, balance)
+
+    # -- invariants --------------------------------------------------------------------------
+
+    @invariant()
+    def client_sees_what_the_emulator_has(self) -> None:
+        """For every order, a fresh query through the client equals the emulator's truth (R3,
+        R4, R9): state, both TO_CLOSE flavours, closed amount, kind, times."""
+        for order in self.order_numbers:
+            truth = self.truth(order)
+            seen = self.client.query(order)
+            assert seen == truth, f"client sees {seen}, the emulator has {truth}"
+            self.reached["state", _position(truth), truth.kind.value] += 1
+
+    @invariant()
+    def refunds_never_exceed_captures(self) -> None:
+        """R10: per order, the refunds in effect plus what is still closed is the whole amount
+        once captured, and nothing at all before."""
+        for view in self.emulator.orders(self.merchant_id):
+            captured = view.refunded_total + view.closed_amount
+            assert 0 <= view.refunded_total <= view.amount, view
+            assert captured in (0, view.amount), view
+            if view.status in _CAPTURED_STATUSES:
+                assert captured == view.amount, view
+
+    @invariant()
+    def balance_never_negative(self) -> None:
+        """R16: ECPay refuses a refund the balance does not cover; it never goes below 0."""
+        assert self.emulator.balance(self.merchant_id) >= 0
+
+    @invariant()
+    def no_order_locked(self) -> None:
+        """Without faults no step's outcome is ever unknown (spec 9): nothing is locked."""
+        for order in self.order_numbers:
+            for record in self.client.journal.for_order(self.merchant_id, order):
+                assert record.open_attempt is None, record
+
+    # -- the differential check --------------------------------------------------------------
+
+    def _mark(self) -> int:
+        events = self.emulator.events
+        return events[-1].seq if events else 0
+
+    def _sent(self, mark: int) -> list[Event]:
+        """The DoActions the emulator received since ``mark``."""
+        return [
+            event
+            for event in self.emulator.events
+            if event.seq > mark
+            and event.kind is EventKind.REQUEST
+            and event.endpoint is Endpoint.DO_ACTION
+        ]
+
+    def _money(
+        self, intent: Intent, order: str, amount: object = None, *, capture_first: bool = False
+    ) -> None:
+        """Plan on the truth, act through the client, and check the two agree (spec 8, 9)."""
+        before = self.truth(order)
+        expected: Plan | EcpayError
+        try:
+            expected = self._plan(intent, before, amount, capture_first=capture_first)
+        except EcpayError as refusal:
+            expected = refusal
+        # R16 is judged on the balance before the call: a refund that is carried out lowers it.
+        covered = isinstance(expected, Plan) and self.balance_covers(order, expected)
+        key = f"lm-{next(self._keys)}"
+        mark = self._mark()
+        got: Outcome | EcpayError
+        try:
+            got = self._call(intent, order, amount, capture_first, key)
+        except EcpayError as error:
+            got = error
+        sent = self._sent(mark)
+        if isinstance(expected, EcpayError):
+            self._check_refused(expected, got, sent)
+            if self.probe_refusals:
+                self._probe(intent, before, amount, capture_first, expected)
+            return
+        if not covered:
+            self._check_balance_refusal(before, expected, got, sent)
+            return
+        assert isinstance(got, Outcome), f"the planner planned {expected.describe()}; got {got!r}"
+        assert got.plan == expected, f"client planned {got.plan}, the planner {expected}"
+        done = [(e.action, e.amount, e.applied, e.refusal) for e in sent]
+        wanted = [(s.action, s.amount, True, None) for s in expected.steps]
+        assert done == wanted, f"the emulator saw {done}; the plan was {expected.describe()}"
+        after = self.truth(order)
+        assert got.final == after, f"outcome says {got.final}, the emulator has {after}"
+        assert before.refundable - after.refundable == expected.refund_total, (before, after)
+        self.reached["plan", intent.value, ",".join(a.value for a in expected.actions)] += 1
+        self._last = _Call(
+            intent,
+            order,
+            cast(Any, amount),
+            capture_first,
+            key,
+            got,
+        )
+
+    def _call(
+        self, intent: Intent, order: str, amount: object, capture_first: bool, key: str
+    ) -> Outcome:
+        if intent is Intent.CAPTURE:
+            return self.client.capture(order, idempotency_key=key)
+        if intent is Intent.ABANDON:
+            return self.client.abandon(order, idempotency_key=key)
+        return self.client.refund(
+            order, cast(Any, amount), idempotency_key=key, capture_first=capture_first
+        )
+
+    def _check_refused(
+        self, expected: EcpayError, got: Outcome | EcpayError, sent: list[Event]
+    ) -> None:
+        """The planner refused: the client refuses alike (type, rule, message) and sends nothing."""
+        assert isinstance(got, EcpayError), f"the planner refused ({expected}); client did {got}"
+        assert type(got) is type(expected), f"client raised {got!r}, the planner {expected!r}"
+        assert got.message == expected.message, (got.message, expected.message)
+        if isinstance(expected, RuleViolation):
+            assert isinstance(got, RuleViolation)
+            assert (got.rule, got.retry_at) == (expected.rule, expected.retry_at), (got, expected)
+        assert sent == [], f"a refused call sent {[e.describe() for e in sent]}"
+
+    def _check_balance_refusal(
+        self, before: OrderSnapshot, plan: Plan, got: Outcome | EcpayError, sent: list[Event]
+    ) -> None:
+        """R16, the intended difference: planned, but ECPay refuses the R; nothing moves."""
+        assert isinstance(got, GatewayRefused), f"R16 should refuse {plan.describe()}: {got!r}"
+        assert [e.refusal for e in sent] == [Refusal.INSUFFICIENT_BALANCE], sent
+        assert self.truth(before.merchant_trade_no) == before
+        self.reached["gateway", "R16"] += 1
+
+    def _probe(
+        self,
+        intent: Intent,
+        before: OrderSnapshot,
+        amount: object,
+        capture_first: bool,
+        refusal: EcpayError,
+    ) -> None:
+        """The other direction: the plain DoAction for a refused intent is refused by the
+        emulator too, for a reason :attr:`agreement` pairs with the planner's rule."""
+        if isinstance(refusal, RuleViolation):
+            rule_name = refusal.rule
+        elif isinstance(refusal, InvalidAmount) and isinstance(amount, int) and amount > 0:
+            rule_name = "R19"
+        else:
+            return  # not an amount at all: the client refuses to build such a request
+        action, total = _plain_action(intent, before, amount, capture_first, rule_name)
+        mark = self._mark()
+        try:
+            reply = self.client.do_action(before.merchant_trade_no, before.trade_no, action, total)
+        except GatewayRefused:
+            pass
+        else:
+            raise AssertionError(
+                f"the planner refused {intent} ({refusal}) but the emulator accepted "
+                f"{action.value}({total}) on {before}: {reply}"
+            )
+        sent = self._sent(mark)
+        assert len(sent) == 1, sent
+        assert not sent[0].applied, sent
+        answer = sent[0].refusal
+        assert answer is not None
+        window = answer is Refusal.BATCH_WINDOW and in_blackout(self.emulator.now, self.auto_close)
+        assert window or answer in self.agreement[rule_name], (
+            f"the planner refused with {rule_name}, the emulator with {answer}: {before}"
+        )
+        self.reached["refused", rule_name, answer.value] += 1
+
+
+def _plain_action(
+    intent: Intent,
+    before: OrderSnapshot,
+    amount: object,
+    capture_first: bool,
+    rule_name: str,
+) -> tuple[Action, int]:
+    """The DoAction a caller without the library would send for ``intent``: C or N for the
+    order amount, R for the amount asked (or all that is left); for a refund with
+    ``capture_first`` refused by its capture (R5, R6), the C of the C-then-R path (R18)."""
+    if intent is Intent.CAPTURE:
+        return Action.CLOSE, before.amount
+    if intent is Intent.ABANDON:
+        return Action.ABANDON, before.amount
+    if capture_first and before.state is State.AUTHORIZED and rule_name == "R6":
+        return Action.CLOSE, before.amount
+    if isinstance(amount, int) and not isinstance(amount, bool):
+        return Action.REFUND, amount
+    return Action.REFUND, before.refundable or before.amount
