@@ -160,6 +160,13 @@ class TestPendingRefund:
     def test_partial_refund_is_r(self) -> None:
         assert plan_shape(plan_refund(self.snap(), 100, now=NOW)) == [(R, 100)]
 
+    @pytest.mark.parametrize("amount", [None, 1])
+    def test_nothing_left_while_a_full_refund_waits_for_the_batch(self, amount: int | None) -> None:
+        waiting = order(State.TO_CLOSE, closed=0, settled=True)
+        assert "nothing is left" in str(
+            refused(lambda: plan_refund(waiting, amount, now=NOW), "R10")
+        )
+
     @pytest.mark.parametrize("kind", FULL_ONLY)
     def test_full_only_kinds(self, kind: PaymentKind) -> None:
         rule = "R11" if kind is PaymentKind.INSTALLMENT else "R12"

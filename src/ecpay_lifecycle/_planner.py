@@ -74,6 +74,12 @@ def plan_refund(
     _refuse_unless_actionable(snapshot, Intent.REFUND, now)
     refundable = snapshot.refundable
     kind = snapshot.kind
+    if refundable == 0:
+        raise RuleViolation(
+            "R10",
+            "nothing is left to refund: everything is already being refunded at the next batch",
+            merchant_trade_no=snapshot.merchant_trade_no,
+        )
     wanted = refundable if amount is None else amount
     if wanted > refundable:
         raise RefundExceedsCaptured(
