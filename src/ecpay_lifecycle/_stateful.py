@@ -91,9 +91,7 @@ _AGREEMENT: Final[Mapping[str, frozenset[Refusal]]] = {
     # taken only when the caller asks (capture_first).
     "R18": frozenset({Refusal.WRONG_STATE}),
     # More than the order: the planner checks the amount first, the emulator the status first.
-    # Also "refund everything" of an order whose refunds took everything, pending the batch: the
-    # planner names R19 for the R(0) it would need, the emulator refuses R of any amount.
-    "R19": frozenset({Refusal.BAD_AMOUNT, Refusal.WRONG_STATE, Refusal.OVER_CAPTURED}),
+    "R19": frozenset({Refusal.BAD_AMOUNT, Refusal.WRONG_STATE}),
 }
 
 #: How :meth:`LifecycleMachine.move_clock` moves time: by some seconds, to one of R5's edges
