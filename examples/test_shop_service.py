@@ -42,10 +42,14 @@ class ShopMachine(LifecycleMachine):
 
     @rule(order=LifecycleMachine.orders, data=st.data())
     def customer_asks_for_a_refund(self, order: str, data: st.DataObject) -> None:
-        """Everything that is left (``null``) or any part of the order; the shop must answer
-        what the planner decides on ECPay's truth, and move exactly that much money."""
+        """Everything that is left (``null``), a part of what is left, or any part of the
+        order; the shop must answer what the planner decides on ECPay's truth, and move
+        exactly that much money."""
         before = self.truth(order)
-        amount = data.draw(st.none() | st.integers(1, before.amount), label="amount")
+        left = max(1, before.refundable - 1)
+        amount = data.draw(
+            st.none() | st.integers(1, left) | st.integers(1, before.amount), label="amount"
+        )
         expected: Plan | EcpayError
         try:
             expected = self.plan(Intent.REFUND, order, amount)

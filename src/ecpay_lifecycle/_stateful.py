@@ -41,6 +41,7 @@ from hypothesis.stateful import (
     initialize,
     invariant,
     multiple,
+    precondition,
     rule,
 )
 
@@ -150,6 +151,8 @@ class LifecycleMachine(RuleBasedStateMachine):
       emulator refuses it (one more round trip per refusal), default True;
     * ``agreement``: for each rule the planner refuses with, the emulator refusals that agree
       (change it with the emulator's settings);
+    * ``money_rules``: whether the machine's own capture, refund, abandon and retry rules run
+      (default True); switch them off to give a subclass's own money rules the whole run;
     * ``bank_events`` and ``balance_changes``: whether the rules that force a bank status (R3)
       and set the balance (R16) run, default True.
 
@@ -167,6 +170,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     max_amount: ClassVar[int] = 20_000
     max_orders: ClassVar[int] = 4
     probe_refusals: ClassVar[bool] = True
+    money_rules: ClassVar[bool] = True
     agreement: ClassVar[Mapping[str, frozenset[Refusal]]] = _AGREEMENT
     bank_events: ClassVar[bool] = True
     balance_changes: ClassVar[bool] = True
@@ -289,11 +293,13 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.on_authorized(number)
         return number
 
+    @precondition(lambda self: self.money_rules)
     @rule(order=orders)
     def capture(self, order: str) -> None:
         """``Client.capture``, checked against the planner and the emulator (R6, R8, R9, R5)."""
         self._money(Intent.CAPTURE, order)
 
+    @precondition(lambda self: self.money_rules)
     @rule(order=orders, capture_first=st.booleans(), data=st.data())
     def refund(self, order: str, capture_first: bool, data: st.DataObject) -> None:
         """``Client.refund`` of an amount drawn for the order as it is now: everything, a part,
@@ -315,11 +321,13 @@ class LifecycleMachine(RuleBasedStateMachine):
         amount = data.draw(requests, label="amount")
         self._money(Intent.REFUND, order, amount, capture_first=capture_first)
 
+    @precondition(lambda self: self.money_rules)
     @rule(order=orders)
     def abandon(self, order: str) -> None:
         """``Client.abandon``: N, or E then N on a pending capture (R14, R15)."""
         self._money(Intent.ABANDON, order)
 
+    @precondition(lambda self: self.money_rules)
     @rule(back=st.integers(0, 7))
     def retry_same_key(self, back: int) -> None:
         """Repeat a successful call (the last one, or ``back`` calls before it) with its
@@ -382,12 +390,15 @@ class LifecycleMachine(RuleBasedStateMachine):
             if target > now:
                 self.emulator.set_time(target)
 
+    # Preconditions only on class settings: they never change within a run, so shrinking can
+    # still delete steps without the rule choices after them shifting.
+    @precondition(lambda self: self.bank_events)
     @rule(order=orders, chargeback=st.booleans())
     def bank_event(self, order: str, chargeback: bool) -> None:
         """The bank or ECPay takes the order out of the merchant's hands (R3: nothing may be
         sent): a live hold turns out unauthorized; anything else meets a chargeback or a failed
         batch. Once per run, because such an order never moves again."""
-        if not self.bank_events or self._bank_event_done:
+        if self._bank_event_done:
             return
         if self.emulator.order(self.merchant_id, order).state is State.AUTHORIZED:
             status = GatewayStatus.UNAUTHORIZED
@@ -396,11 +407,11 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.emulator.set_status(self.merchant_id, order, status)
         self._bank_event_done = True
 
+    @precondition(lambda self: self.balance_changes)
     @rule(balance=st.integers(0, 50_000))
     def set_balance(self, balance: int) -> None:
         """The merchant's ECPay balance changes (payouts, other refunds): R16's input."""
-        if self.balance_changes:
-            self.emulator.set_balance(self.merchant_id, balance)
+        self.emulator.set_balance(self.merchant_id, balance)
 
     # -- invariants --------------------------------------------------------------------------
 
