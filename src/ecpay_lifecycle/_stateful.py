@@ -293,6 +293,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.on_authorized(number)
         return number
 
+    # Preconditions only on class settings: they never change within a run, so shrinking can
+    # delete steps without shifting the rule choices after them. What changes within a run
+    # (an order limit reached, nothing to retry yet) makes a rule do nothing instead.
     @precondition(lambda self: self.money_rules)
     @rule(order=orders)
     def capture(self, order: str) -> None:
@@ -359,8 +362,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         """The clock moves on to the end of the next daily batch window (20:30 Taipei): every
         pending close settles, and with auto-close on every authorized order is closed (R5).
 
-        The one rule without arguments, so hypothesis tries it first and most often: the
-        batch is what turns pending closes into settled orders, and refunds into refunded ones.
+        Time passing is what turns pending closes into settled orders, and refunds into
+        refunded ones; this rule gets there in one step.
         """
         local = self.emulator.now.astimezone(TAIPEI)
         end = dt.datetime.combine(local.date(), dt.time(20, 30), tzinfo=TAIPEI)
@@ -390,8 +393,6 @@ class LifecycleMachine(RuleBasedStateMachine):
             if target > now:
                 self.emulator.set_time(target)
 
-    # Preconditions only on class settings: they never change within a run, so shrinking can
-    # still delete steps without the rule choices after them shifting.
     @precondition(lambda self: self.bank_events)
     @rule(order=orders, chargeback=st.booleans())
     def bank_event(self, order: str, chargeback: bool) -> None:
