@@ -189,3 +189,21 @@ def test_fault_schedules_refuse_nonsense() -> None:
         fault_schedules(faults=())
     with pytest.raises(InvalidArgument):
         fault_schedules(max_faults=-1)
+
+
+@pytest.mark.parametrize(
+    "module", ["ecpay_lifecycle.strategies", "ecpay_lifecycle._stateful", "ecpay_lifecycle"]
+)
+def test_each_public_module_imports_in_a_fresh_interpreter(module: str) -> None:
+    """pytest has hypothesis loaded already; a user's script does not (an import cycle hid here)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {module}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
