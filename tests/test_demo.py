@@ -80,3 +80,9 @@ def test_python_dash_m_demo_writes_only_the_table() -> None:
     assert done.returncode == 0, done.stderr
     assert "ecpay-lifecycle demo" in done.stdout
     assert done.stderr == ""  # the library logs nowhere unless the program configures logging
+
+
+def test_demo_lines_have_no_trailing_spaces() -> None:
+    out = io.StringIO()
+    run_demo(json_output=False, out=out, keys=KEYS)
+    assert all(line == line.rstrip() for line in out.getvalue().splitlines())

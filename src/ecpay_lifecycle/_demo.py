@@ -209,7 +209,7 @@ def run_demo(*, json_output: bool, out: TextIO, keys: tuple[str, str] | None = N
     print("result: state after (to_close/capture: a pending capture, /refund: a pending", file=out)
     print("refund) and the net closed amount (ClsAmt) in TWD\n", file=out)
     widths = {c: max(len(c), *(len(getattr(r, c)) for r in rows)) for c in _COLUMNS}
-    print("  ".join(c.ljust(widths[c]) for c in _COLUMNS), file=out)
+    print("  ".join(c.ljust(widths[c]) for c in _COLUMNS).rstrip(), file=out)
     print("  ".join("-" * widths[c] for c in _COLUMNS), file=out)
     for row in rows:
         print("  ".join(getattr(row, c).ljust(widths[c]) for c in _COLUMNS).rstrip(), file=out)
