@@ -26,9 +26,10 @@ import collections
 import time
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
+from _shrinking import shrunk_failure
 from ecpay_lifecycle import Action, GatewayRefused, Intent, PaymentKind
 from ecpay_lifecycle.emulator import Emulator, EmulatorSettings, Refusal
 from ecpay_lifecycle.strategies import REFERENCE_TIME, LifecycleMachine
@@ -215,43 +216,11 @@ class StricterEmulator(LifecycleMachine):
 
 
 def test_a_disagreement_between_planner_and_emulator_is_caught_and_shrunk() -> None:
-    with pytest.raises(AssertionError, match=r"the planner (planned|refused)") as caught:
-        run_state_machine_as_test(
-            StricterEmulator,
-            settings=settings(
-                max_examples=300,
-                stateful_step_count=30,
-                deadline=None,
-                database=None,
-                derandomize=True,
-                report_multiple_bugs=False,
-                # Explaining the failure re-runs it under a tracer: minutes, for no check here.
-                phases=[Phase.generate, Phase.shrink],
-                suppress_health_check=[HealthCheck.too_slow],
-            ),
-        )
-    notes = "\n".join(getattr(caught.value, "__notes__", []))
-    steps = [
-        line
-        for line in notes.splitlines()
-        if line.startswith(("state.", "orders_"))
-        and "teardown" not in line
-        and not _is_invariant(line)
-    ]
+    _error, notes, steps = shrunk_failure(
+        StricterEmulator, step_count=30, match=r"the planner (planned|refused)"
+    )
     # authorize, capture (or a clock move past the batch), two partial refunds: at most five.
     assert len(steps) <= 5, notes
     assert sum("state.refund(" in line for line in steps) == 2, notes
     assert "LifecycleKey2026" not in notes
     assert "LifecycleIv20261" not in notes
-
-
-def _is_invariant(line: str) -> bool:
-    return any(
-        name in line
-        for name in (
-            "client_sees_what_the_emulator_has",
-            "refunds_never_exceed_captures",
-            "balance_never_negative",
-            "no_order_locked",
-        )
-    )

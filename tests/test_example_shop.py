@@ -21,9 +21,8 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, Phase, settings
-from hypothesis.stateful import run_state_machine_as_test
 
+from _shrinking import shrunk_failure
 from ecpay_lifecycle import TAIPEI, Client, Credentials, PaymentKind
 from ecpay_lifecycle.emulator import Emulator
 
@@ -131,23 +130,6 @@ class BooksRetriesAgain(shop_service.OrderService):
         return response
 
 
-def _steps(notes: str) -> list[str]:
-    """The rule calls of a falsifying example, without invariant checks and teardown."""
-    invariants = (
-        "client_sees_what_the_emulator_has",
-        "refunds_never_exceed_captures",
-        "balance_never_negative",
-        "no_order_locked",
-        "the_shop_never_books_more_than_ecpay_returned",
-        "teardown",
-    )
-    return [
-        line
-        for line in notes.splitlines()
-        if line.startswith(("state.", "orders_")) and not any(n in line for n in invariants)
-    ]
-
-
 @pytest.mark.parametrize(
     ("broken", "message", "last_step"),
     [
@@ -165,26 +147,10 @@ def test_a_broken_service_is_caught_and_shrunk_to_a_minimal_case(
         (shop_test.ShopMachine,),
         {"service": broken, "money_rules": False, "bank_events": False, "balance_changes": False},
     )
-    with pytest.raises(AssertionError) as caught:
-        run_state_machine_as_test(
-            machine,
-            settings=settings(
-                max_examples=300,
-                stateful_step_count=20,
-                deadline=None,
-                database=None,
-                derandomize=True,
-                report_multiple_bugs=False,
-                # Explaining the failure re-runs it under a tracer: minutes, for no check here.
-                phases=[Phase.generate, Phase.shrink],
-                suppress_health_check=[HealthCheck.too_slow],
-            ),
-        )
-    notes = "\n".join(getattr(caught.value, "__notes__", []))
-    steps = _steps(notes)
+    error, notes, steps = shrunk_failure(machine, step_count=20)
     # The first order, (the batch that closes it,) one refund the shop answers, and the step
     # that shows the bug: three or four steps, whatever the runs before shrinking looked like.
     assert len(steps) <= 4, notes
     assert last_step in steps[-1], notes
     assert steps[0].startswith("orders_0 = state.first_order("), notes
-    assert message in str(caught.value) or message in notes, (caught.value, notes)
+    assert message in str(error) or message in notes, (error, notes)
