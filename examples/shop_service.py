@@ -13,8 +13,13 @@ The endpoint's contract:
   retry after a timeout (same ``request_id``) gets the first answer back and never refunds twice;
 * 200 ``{"refunded": 300, "refunded_total": 300, "plan": "R(300)", "state": ..., "replayed"}``;
 * 400 a bad body or amount, 404 an unknown order, 409 a rule forbids it (``rule``,
-  ``message``, ``retry_at``), 202 ECPay's answer was lost and the refund is being settled,
-  502 ECPay refused (R16: not enough balance), 503 ECPay could not be reached.
+  ``message``, ``retry_at``), 202 the refund is being settled (ECPay's answer was lost, or the
+  same request is running in another worker; ``retry_at`` says when to ask again), 502 ECPay
+  refused (R16: not enough balance), 503 ECPay could not be reached.
+
+Booking (spec section 9): the shop books each refund *keyed by its idempotency key*, replayed or
+not. If the process dies after ECPay refunded and before the shop booked, the front end's retry
+gets the replayed outcome from the journal, and booking it under its key books it exactly once.
 
 ``examples/test_shop_service.py`` tests it with the testing kit's ``LifecycleMachine``.
 """
@@ -31,6 +36,7 @@ from ecpay_lifecycle import (
     GatewayRefused,
     InvalidArgument,
     InvalidArgumentType,
+    OperationInProgress,
     OrderLocked,
     OutcomeUnknown,
     RuleViolation,
@@ -49,11 +55,16 @@ class Response:
 
 @dataclass
 class ShopOrder:
-    """One order in the shop's book. ``refunded`` is what the shop told the customer."""
+    """One order in the shop's book: its refunds, each booked under its idempotency key."""
 
     order_id: str
     amount: int
-    refunded: int = 0
+    bookings: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def refunded(self) -> int:
+        """What the shop told the customer it refunded."""
+        return sum(self.bookings.values())
 
 
 class OrderService:
@@ -82,11 +93,10 @@ class OrderService:
         asked = body.get("amount")
         if asked is not None and (isinstance(asked, bool) or not isinstance(asked, int)):
             return Response(400, {"error": "bad_request", "message": "amount must be whole TWD"})
+        key = self.key_for(order_id, request_id)
         try:
             outcome = self._client.refund(
-                order_id,
-                self.amount_to_send(order, asked),
-                idempotency_key=f"refund-{order_id}-{request_id}",
+                order_id, self.amount_to_send(order, asked), idempotency_key=key
             )
         except RuleViolation as refusal:
             # First: R10 (RefundExceedsCaptured) is both a rule and a bad amount; it is a rule.
@@ -101,16 +111,20 @@ class OrderService:
             )
         except (InvalidArgument, InvalidArgumentType) as exc:
             return Response(400, {"error": "bad_request", "message": exc.message})
-        except (OutcomeUnknown, OrderLocked) as exc:
-            # Money may have moved: never answer "failed". Reconcile, then tell the customer.
-            return Response(202, {"status": "pending", "message": exc.message})
+        except (OutcomeUnknown, OrderLocked, OperationInProgress) as exc:
+            # Money may have moved: never answer "failed". Ask again with the same request_id
+            # after retry_at (the fence, R22): the same key then settles and answers.
+            retry_at = exc.retry_at.isoformat() if exc.retry_at else None
+            return Response(
+                202, {"status": "pending", "message": exc.message, "retry_at": retry_at}
+            )
         except GatewayRefused as exc:
             return Response(502, {"error": "ecpay_refused", "rtn_code": exc.rtn_code})
         except EcpayError as exc:
             return Response(503, {"error": "ecpay_unavailable", "message": exc.message})
-        if not outcome.replayed:
-            # A replay is the same refund answered again: book it once.
-            self.book(order, outcome.refunded)
+        # Booked under its key, replayed or not: a refund whose first booking was lost (the
+        # process died after ECPay refunded) is booked by the retry, and only once.
+        self.book(order, key, outcome.refunded)
         return Response(
             200,
             {
@@ -127,6 +141,10 @@ class OrderService:
         out what is left from a fresh query (R4, R10), so the shop never computes it."""
         return asked
 
-    def book(self, order: ShopOrder, refunded: int) -> None:
-        """Record a refund the customer was told about."""
-        order.refunded += refunded
+    def key_for(self, order_id: str, request_id: str) -> str:
+        """The idempotency key of one refund request: fixed before anything is sent."""
+        return f"refund-{order_id}-{request_id}"
+
+    def book(self, order: ShopOrder, key: str, refunded: int) -> None:
+        """Record a refund the customer was told about, once per key."""
+        order.bookings[key] = refunded

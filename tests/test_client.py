@@ -27,6 +27,7 @@ from ecpay_lifecycle import (
     AsyncClient,
     AttemptStatus,
     Client,
+    ClockOutOfSync,
     ConfigurationError,
     Credentials,
     EcpayError,
@@ -44,9 +45,11 @@ from ecpay_lifecycle import (
     PaymentKind,
     RateLimited,
     RuleViolation,
+    ServiceNotEnabled,
     State,
     TransportError,
     Verdict,
+    WrongCredentials,
 )
 from ecpay_lifecycle.emulator import Emulator, Endpoint, EventKind, Fault
 
@@ -187,6 +190,11 @@ def fail_the_confirming_query(h: Harness) -> None:
         return forward(request)
 
     h.intercept = intercept
+
+
+def past_the_fence(h: Harness, minutes: int = 16) -> None:
+    """Move ECPay's clock past R22's fence: Timestamp + 600 s + the default 300 s margin."""
+    h.emulator.advance(dt.timedelta(minutes=minutes))
 
 
 def open_steps(client: Any, order: str = "A1") -> list[AttemptStatus]:
@@ -344,13 +352,27 @@ def test_a_reply_lost_after_apply_is_resolved_as_done_and_not_resent(
 
 @pytest.mark.parametrize("fault", BEFORE_APPLY)
 @pytest.mark.parametrize("lost", [Action.CANCEL, Action.ABANDON])
-def test_a_reply_lost_before_apply_is_resolved_as_not_done_and_resent_once(
+def test_a_reply_lost_before_apply_waits_for_the_fence_then_is_sent_once_more(
     harness: Harness, fault: Fault, lost: Action
 ) -> None:
     client = harness.client()
     pending_capture(harness, client)
     harness.emulator.faults.inject(fault, endpoint=Endpoint.DO_ACTION, action=lost)
-    outcome = client.refund("A1")
+    with pytest.raises(OutcomeUnknown) as caught:
+        client.refund("A1", idempotency_key="all-A1")
+    # R22: "unchanged" proves nothing before Timestamp + 600 s + margin.
+    assert caught.value.retry_at is not None
+    assert caught.value.retry_at >= harness.emulator.now + dt.timedelta(minutes=14)
+    assert harness.sent(lost) == 1
+    before = harness.requests
+    with pytest.raises(OutcomeUnknown):
+        client.refund("A1", idempotency_key="all-A1")  # too early: one query, nothing sent
+    assert harness.requests == before + 1
+    with pytest.raises(OrderLocked):
+        client.refund("A1", idempotency_key="another-key")
+    assert harness.sent(lost) == 1
+    past_the_fence(harness)
+    outcome = client.refund("A1", idempotency_key="all-A1")
     step = {s.action: s for s in outcome.steps_done}[lost]
     assert step.attempts == 2
     assert not step.recovered
@@ -372,28 +394,38 @@ def test_a_timeout_after_apply_is_done_with_no_second_r(harness: Harness) -> Non
     assert harness.state() == (State.TO_CLOSE, 700)
 
 
-def test_a_timeout_before_apply_is_not_done_and_resent_exactly_once(harness: Harness) -> None:
+def test_a_timeout_before_apply_is_sent_once_more_only_after_the_fence(harness: Harness) -> None:
     client = harness.client()
     captured(harness)
     harness.emulator.faults.inject(Fault.READ_TIMEOUT_BEFORE_APPLY, endpoint=Endpoint.DO_ACTION)
-    outcome = client.refund("A1", 300)
+    with pytest.raises(OutcomeUnknown):
+        client.refund("A1", 300, idempotency_key="r300")
+    assert harness.sent(Action.REFUND) == 1
+    past_the_fence(harness)
+    outcome = client.refund("A1", 300, idempotency_key="r300")
     assert outcome.steps_done[0].attempts == 2
     assert harness.sent(Action.REFUND) == 2
     assert harness.emulator.order(MID, "A1").refunded_total == 300
 
 
-def test_two_lost_attempts_stop_without_a_third(harness: Harness) -> None:
+def test_nothing_is_sent_again_before_the_fence_however_often_the_key_is_retried(
+    harness: Harness,
+) -> None:
     client = harness.client()
     captured(harness)
-    harness.emulator.faults.inject(
-        Fault.READ_TIMEOUT_BEFORE_APPLY, endpoint=Endpoint.DO_ACTION, times=2
-    )
-    with pytest.raises(TransportError, match="two attempts"):
-        client.refund("A1", 300)
-    assert harness.sent(Action.REFUND) == 2
+    harness.emulator.faults.inject(Fault.READ_TIMEOUT_BEFORE_APPLY, endpoint=Endpoint.DO_ACTION)
+    with pytest.raises(OutcomeUnknown):
+        client.refund("A1", 300, idempotency_key="k")
+    for _ in range(5):
+        harness.emulator.advance(dt.timedelta(minutes=2))  # 10 minutes in all: still inside
+        with pytest.raises(OutcomeUnknown):
+            client.refund("A1", 300, idempotency_key="k")
+    assert harness.sent(Action.REFUND) == 1
     assert harness.state() == (State.CLOSED, 1000)
-    assert open_steps(client) == []
-    client.refund("A1", 300)  # not locked: nothing is unknown
+    assert open_steps(client) == [AttemptStatus.UNKNOWN]
+    past_the_fence(harness, minutes=6)
+    client.refund("A1", 300, idempotency_key="k")
+    assert harness.sent(Action.REFUND) == 2
     assert harness.state() == (State.TO_CLOSE, 700)
 
 
@@ -425,15 +457,37 @@ def test_http_403_is_rate_limited_and_never_retried(harness: Harness) -> None:
     assert harness.requests == before + 1
 
 
-def test_a_rejected_envelope_is_not_done(harness: Harness) -> None:
+@pytest.mark.parametrize(
+    ("trans_code", "error"),
+    [(110, WrongCredentials), (104, ClockOutOfSync), (115, ServiceNotEnabled)],
+)
+def test_an_envelope_rejected_before_processing_is_not_done_and_named(
+    harness: Harness, trans_code: int, error: type[EnvelopeRejected]
+) -> None:
     client = harness.client()
     captured(harness)
-    harness.emulator.faults.inject(Fault.TRANS_CODE_ERROR, endpoint=Endpoint.DO_ACTION)
-    with pytest.raises(EnvelopeRejected):
-        client.refund("A1", 300)
+    harness.emulator.faults.inject(
+        Fault.TRANS_CODE_ERROR, endpoint=Endpoint.DO_ACTION, trans_code=trans_code
+    )
+    with pytest.raises(error) as caught:
+        client.refund("A1", 300, idempotency_key="k")
+    assert caught.value.trans_code == trans_code
     assert harness.sent(Action.REFUND) == 1
     assert open_steps(client) == []
     assert harness.state() == (State.CLOSED, 1000)
+    client.refund("A1", 300, idempotency_key="k")  # not done, so the key sends it now
+    assert harness.state() == (State.TO_CLOSE, 700)
+
+
+def test_any_other_trans_code_on_doaction_is_an_unknown_outcome(harness: Harness) -> None:
+    client = harness.client()
+    captured(harness)
+    harness.emulator.faults.inject(
+        Fault.TRANS_CODE_ERROR, endpoint=Endpoint.DO_ACTION, trans_code=128
+    )
+    with pytest.raises(OutcomeUnknown):
+        client.refund("A1", 300)
+    assert open_steps(client) == [AttemptStatus.UNKNOWN]
 
 
 def test_a_gateway_refusal_is_recorded_and_raised(harness: Harness) -> None:
@@ -493,22 +547,23 @@ def test_a_failed_confirming_query_locks_the_order_until_reconcile(harness: Harn
     assert caught.value.observed is None
     assert caught.value.step.describe() == "R(300)"
     assert caught.value.merchant_trade_no == "A1"
+    assert caught.value.idempotency_key == "k-300"
     assert open_steps(client) == [AttemptStatus.UNKNOWN]
 
     before = harness.requests
-    with pytest.raises(OrderLocked):
+    with pytest.raises(OrderLocked) as locked:
         client.refund("A1", 100)
-    with pytest.raises(OrderLocked):
-        client.refund("A1", 300, idempotency_key="k-300")
+    assert locked.value.idempotency_key == "k-300"
+    assert locked.value.retry_at == caught.value.retry_at
     with pytest.raises(OrderLocked):
         client.do_action("A1", harness.emulator.order(MID, "A1").trade_no, "R", 100)
     assert harness.requests == before  # refused before anything was sent
 
-    result = client.reconcile("A1")
+    result = client.reconcile("A1")  # reached: done, no need to wait for the fence
     assert not result.locked
     (resolution,) = result.resolutions
     assert resolution.verdict is Verdict.DONE
-    assert resolution.idempotency_key == "k-300"
+    assert resolution.idempotency_key == resolution.key == "k-300"
     assert not resolution.declared
     assert isinstance(resolution.outcome, Outcome)
     assert resolution.outcome.final == result.snapshot
@@ -522,6 +577,20 @@ def test_a_failed_confirming_query_locks_the_order_until_reconcile(harness: Harn
     client.refund("A1", 100)
     assert harness.sent(Action.REFUND) == 2
     assert harness.state() == (State.TO_CLOSE, 600)
+
+
+def test_a_retry_of_the_key_resolves_its_own_open_attempt_first(harness: Harness) -> None:
+    client = harness.client()
+    captured(harness)
+    harness.emulator.faults.inject(Fault.LOST_REPLY, endpoint=Endpoint.DO_ACTION)
+    fail_the_confirming_query(harness)
+    with pytest.raises(OutcomeUnknown):
+        client.refund("A1", 300, idempotency_key="k")
+    outcome = client.refund("A1", 300, idempotency_key="k")  # a query shows it done
+    assert not outcome.replayed
+    assert outcome.steps_done[0].recovered
+    assert harness.sent(Action.REFUND) == 1
+    assert client.refund("A1", 300, idempotency_key="k").replayed
 
 
 def test_an_order_that_moved_elsewhere_stays_unknown_until_declared(harness: Harness) -> None:
@@ -542,27 +611,32 @@ def test_an_order_that_moved_elsewhere_stays_unknown_until_declared(harness: Har
         client.refund("A1", 300)
     harness.intercept = None
     assert caught.value.observed.state is State.UNSETTLED
-    assert "Nothing was re-sent" in str(caught.value)
+    assert "nothing was re-sent" in str(caught.value)
     assert harness.sent(Action.REFUND) == 1
+    key = caught.value.idempotency_key
+    assert key is not None
+    assert key.startswith("auto-")
 
+    past_the_fence(harness)
     still = client.reconcile("A1")
     assert still.locked
     assert still.resolutions[0].verdict is Verdict.UNKNOWN
+    assert still.resolutions[0].retry_at is None  # a query can never tell: a person must
     with pytest.raises(OrderLocked):
         client.refund("A1", 100)
 
-    declared = client.reconcile("A1", declare="done")
+    declared = client.reconcile("A1", declare={key: "done"})
     assert not declared.locked
     assert declared.resolutions[0].declared
     assert declared.resolutions[0].verdict is Verdict.DONE
     assert open_steps(client) == []
 
 
-def test_an_accepted_step_the_order_does_not_show_is_unknown(harness: Harness) -> None:
+def test_an_accepted_reply_is_proof_whatever_the_order_shows_later(harness: Harness) -> None:
     client = harness.client()
     captured(harness)
 
-    def accepted_but_elsewhere(
+    def accepted_then_chargeback(
         request: httpx.Request, forward: Callable[[httpx.Request], httpx.Response]
     ) -> httpx.Response:
         response = forward(request)
@@ -570,15 +644,15 @@ def test_an_accepted_step_the_order_does_not_show_is_unknown(harness: Harness) -
             harness.emulator.set_status(MID, "A1", GatewayStatus.BANK_RECLAIMING)
         return response
 
-    harness.intercept = accepted_but_elsewhere
-    with pytest.raises(OutcomeUnknown, match="ECPay accepted it"):
-        client.refund("A1", 300)
-    assert open_steps(client) == [AttemptStatus.UNKNOWN]
+    harness.intercept = accepted_then_chargeback
+    outcome = client.refund("A1", 300)  # R21: no confirming query can overrule the reply
+    assert outcome.steps_done[0].rtn_code == 1
+    assert outcome.final.closed_amount == 700
+    assert open_steps(client) == []
+    assert harness.sent(Action.REFUND) == 1
 
 
-def test_reconcile_resolves_not_done_and_a_clean_order_has_nothing_to_resolve(
-    harness: Harness,
-) -> None:
+def test_reconcile_resolves_not_done_only_after_the_fence(harness: Harness) -> None:
     client = harness.client()
     captured(harness)
     result = client.reconcile("A1")
@@ -587,8 +661,15 @@ def test_reconcile_resolves_not_done_and_a_clean_order_has_nothing_to_resolve(
 
     harness.emulator.faults.inject(Fault.READ_TIMEOUT_BEFORE_APPLY, endpoint=Endpoint.DO_ACTION)
     fail_the_confirming_query(harness)
-    with pytest.raises(OutcomeUnknown):
+    with pytest.raises(OutcomeUnknown) as caught:
         client.refund("A1", 300, idempotency_key="k")
+    early = client.reconcile("A1")
+    assert early.locked
+    assert early.resolutions[0].verdict is Verdict.UNKNOWN
+    assert early.resolutions[0].retry_at == caught.value.retry_at
+    with pytest.raises(InvalidArgument, match="before the fence"):
+        client.reconcile("A1", declare={"k": "not_done"})
+    past_the_fence(harness)
     resolved = client.reconcile("A1")
     assert resolved.resolutions[0].verdict is Verdict.NOT_DONE
     assert resolved.resolutions[0].outcome is None
@@ -602,11 +683,17 @@ def test_reconcile_resolves_not_done_and_a_clean_order_has_nothing_to_resolve(
 
 def test_reconcile_rejects_a_bad_declaration(harness: Harness) -> None:
     client = harness.client()
-    with pytest.raises(InvalidArgument):
-        client.reconcile("A1", declare="unknown")
+    harness.authorize()
     with pytest.raises(InvalidArgumentType):
-        client.reconcile("A1", declare=True)
+        client.reconcile("A1", declare="done")
+    with pytest.raises(InvalidArgument):
+        client.reconcile("A1", declare={"k": "unknown"})
+    with pytest.raises(InvalidArgumentType):
+        client.reconcile("A1", declare={"k": True})
+    with pytest.raises(InvalidArgument, match="no open attempt"):
+        client.reconcile("A1", declare={"k": "done"})
     assert harness.requests == 0
+    assert client.journal.for_order(MID, "A1") == []
 
 
 # -- idempotency keys --------------------------------------------------------------------------
@@ -670,15 +757,19 @@ def test_do_action_refusal_and_lost_replies(harness: Harness) -> None:
     with pytest.raises(GatewayRefused):
         client.do_action("A1", trade_no, "C", 1000)  # already captured
     harness.emulator.faults.inject(Fault.READ_TIMEOUT_BEFORE_APPLY, endpoint=Endpoint.DO_ACTION)
-    with pytest.raises(TransportError, match="never re-sent"):
-        client.do_action("A1", trade_no, "R", 300)
-    assert harness.sent(Action.REFUND) == 1
-    harness.emulator.faults.inject(Fault.LOST_REPLY, endpoint=Endpoint.DO_ACTION)
     with pytest.raises(OutcomeUnknown):
         client.do_action("A1", trade_no, "R", 300)
+    assert client.reconcile("A1").locked  # before the fence
+    past_the_fence(harness)
+    assert client.reconcile("A1").resolutions[0].verdict is Verdict.NOT_DONE
+    harness.emulator.faults.inject(Fault.LOST_REPLY, endpoint=Endpoint.DO_ACTION)
+    with pytest.raises(OutcomeUnknown) as caught:
+        client.do_action("A1", trade_no, "R", 300)
+    past_the_fence(harness)
     # A raw step expects only "a change", which a query cannot prove: a person declares it.
     assert client.reconcile("A1").locked
-    assert not client.reconcile("A1", declare=Verdict.DONE).locked
+    key = caught.value.idempotency_key
+    assert not client.reconcile("A1", declare={key: Verdict.DONE}).locked
     assert harness.sent(Action.REFUND) == 2
     assert harness.state() == (State.TO_CLOSE, 700)
 
@@ -732,11 +823,32 @@ def test_bad_input_raises_a_typed_error_and_sends_nothing(
     assert harness.requests == 0
 
 
-def test_a_naive_clock_is_a_typed_error(harness: Harness) -> None:
+def test_a_naive_clock_is_a_typed_error_that_records_and_sends_nothing(harness: Harness) -> None:
     client = harness.client(clock=lambda: dt.datetime(2026, 8, 1, 10, 0))
+    harness.authorize()
     with pytest.raises(InvalidArgument, match="timezone-aware"):
         client.query("A1")
+    with pytest.raises(InvalidArgument, match="timezone-aware"):
+        client.refund("A1", 100, idempotency_key="k")
     assert harness.requests == 0
+    assert client.journal.for_order(MID, "A1") == []
+
+
+def test_the_fence_margin_is_a_setting_and_widens_the_fence(harness: Harness) -> None:
+    client = harness.client(fence_margin=dt.timedelta(minutes=30))
+    assert client.fence_margin == dt.timedelta(minutes=30)
+    captured(harness)
+    harness.emulator.faults.inject(Fault.READ_TIMEOUT_BEFORE_APPLY, endpoint=Endpoint.DO_ACTION)
+    with pytest.raises(OutcomeUnknown) as caught:
+        client.refund("A1", 300, idempotency_key="k")
+    sent_at = harness.emulator.now
+    assert caught.value.retry_at is not None
+    assert caught.value.retry_at - sent_at >= dt.timedelta(minutes=40)
+    past_the_fence(harness)  # 16 minutes: past the default fence, not this one
+    with pytest.raises(OutcomeUnknown):
+        client.refund("A1", 300, idempotency_key="k")
+    assert harness.sent(Action.REFUND) == 1
+    assert client.clock_skew <= 1.0  # the emulator's clock is the client's
 
 
 @pytest.mark.parametrize(
@@ -751,6 +863,14 @@ def test_a_naive_clock_is_a_typed_error(harness: Harness) -> None:
         ({"base_url": 3}, InvalidArgumentType),
         ({"journal": {}}, InvalidArgumentType),
         ({"clock": "now"}, InvalidArgumentType),
+        ({"fence_margin": -1}, InvalidArgument),
+        ({"fence_margin": dt.timedelta(seconds=-1)}, InvalidArgument),
+        ({"fence_margin": "300"}, InvalidArgumentType),
+        ({"fence_margin": float("nan")}, InvalidArgument),
+        ({"fence_margin": True}, InvalidArgumentType),
+        ({"lease": 0}, InvalidArgument),
+        ({"lease": None}, InvalidArgumentType),
+        ({"refund_visible_at_once": "yes"}, InvalidArgumentType),
         ({"credentials": ("3002607", HASH_KEY, HASH_IV)}, InvalidArgumentType),
     ],
 )
@@ -793,7 +913,7 @@ def test_per_order_locks_are_dropped_when_unused(harness: Harness) -> None:
     for n in range(5):
         harness.authorize(f"L{n}", 100)
         client.capture(f"L{n}")
-    assert len(client.raw._locks) == 0
+    assert len(client.raw.journal.locks) == 0
 
 
 # -- secrets (style habit 9) -------------------------------------------------------------------
@@ -866,6 +986,9 @@ def test_a_cancelled_doaction_leaves_the_order_locked_until_reconcile() -> None:
                 await task
             with pytest.raises(OrderLocked):
                 await client.capture("A1")
+            result = await client.reconcile("A1")
+            assert result.resolutions[0].verdict is Verdict.UNKNOWN  # before the fence
+            emulator.advance(dt.timedelta(minutes=16))
             result = await client.reconcile("A1")
             assert result.resolutions[0].verdict is Verdict.NOT_DONE
             outcome = await client.capture("A1")

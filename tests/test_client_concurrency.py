@@ -23,11 +23,12 @@ from ecpay_lifecycle import (
     AsyncClient,
     Client,
     Credentials,
+    InMemoryJournal,
     Outcome,
+    ProcessOrderLocks,
     RefundExceedsCaptured,
     State,
 )
-from ecpay_lifecycle._client import _TaskLocks, _ThreadLocks
 from ecpay_lifecycle.emulator import Emulator, Endpoint, EventKind
 
 MID = "3002607"
@@ -124,7 +125,9 @@ def test_five_concurrent_refunds_in_threads_send_at_most_three_r() -> None:
             thread.start()
         for thread in threads:
             thread.join()
-        assert len(client._locks) == 0
+        locks = client.journal.locks
+        assert isinstance(locks, ProcessOrderLocks)
+        assert len(locks) == 0
     check_five_refunds(emulator, results, tracker.max)
 
 
@@ -147,7 +150,9 @@ def test_five_concurrent_refunds_in_tasks_send_at_most_three_r() -> None:
             results = await asyncio.gather(
                 *(client.refund("A1", 300) for _ in range(5)), return_exceptions=True
             )
-            assert len(client._locks) == 0
+            locks = client.journal.locks
+            assert isinstance(locks, ProcessOrderLocks)
+            assert len(locks) == 0
             return list(results)
 
     check_five_refunds(emulator, asyncio.run(run()), tracker.max)
@@ -207,22 +212,23 @@ def test_different_orders_move_money_in_parallel_tasks() -> None:
 
 
 def test_lock_entries_live_only_while_held_or_awaited() -> None:
-    locks = _ThreadLocks()
-    with locks.hold((MID, "A1")):
-        with locks.hold((MID, "B2")):
+    # The per-order locks come with the journal (spec 9: every client sharing it shares them).
+    locks = InMemoryJournal().locks
+    with locks.hold(MID, "A1"):
+        with locks.hold(MID, "B2"):
             assert len(locks) == 2
         assert len(locks) == 1
     assert len(locks) == 0
 
 
 def test_task_lock_entries_are_dropped_after_the_last_user() -> None:
-    locks = _TaskLocks()
+    locks = InMemoryJournal().locks
 
     async def run() -> None:
         entered = asyncio.Event()
 
         async def hold(order: str) -> None:
-            async with locks.hold((MID, order)):
+            async with locks.ahold(MID, order):
                 entered.set()
                 await asyncio.sleep(0)
 

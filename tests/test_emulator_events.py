@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ecpay_lifecycle import Action, GatewayStatus, InvalidArgument
+from ecpay_lifecycle import Action, GatewayStatus, InvalidArgument, InvalidArgumentType
 from ecpay_lifecycle._codec import AesCodec
 from ecpay_lifecycle.emulator import Emulator, Endpoint, EventKind, Fault, Refusal
 from ecpay_lifecycle.emulator._asgi import event_json, view_json
@@ -73,7 +73,7 @@ def test_event_log_records_faults_and_rejections() -> None:
     limited, stale = emulator.events[-2:]
     assert (limited.fault, limited.reply, limited.applied) == (Fault.RATE_LIMITED, None, False)
     assert stale.fault is None
-    assert stale.trans_code == 999
+    assert stale.trans_code == 104  # ECPay's "Timestamp is over 10 minutes" [OBS]
     assert "Timestamp" in stale.note
     assert stale.request is None
 
@@ -219,3 +219,53 @@ def test_async_tasks_hammering_refunds_never_over_refund() -> None:
     assert sum(accepted) <= amount
     assert view.refunded_total == sum(accepted)
     assert view.closed_amount == amount - sum(accepted)
+
+
+def test_applied_do_actions_count_the_money_movements() -> None:
+    """Applied DoActions (also behind a lost reply or landing late) count; refused, rejected,
+    before-apply faults and queries do not."""
+    emulator = make_emulator(balance=10_000)
+    emulator.authorize(MID, "A1", 1000)
+    emulator.authorize(MID, "A2", 1000)
+    emulator.add_merchant("3002608", KEY, IV, balance=10_000)
+    emulator.authorize("3002608", "A1", 500)
+    wire = Wire(emulator)
+    other = Wire(emulator, merchant_id="3002608")
+    assert ok(wire.do(Action.CLOSE, "A1", 1000))
+    assert ok(other.do(Action.CLOSE, "A1", 500))
+    assert not ok(wire.do(Action.REFUND, "A1", 1000))  # R13: refused
+    emulator.faults.inject(Fault.READ_TIMEOUT_BEFORE_APPLY)
+    with pytest.raises(httpx.ReadTimeout):
+        wire.do(Action.REFUND, "A1", 100)  # not applied
+    emulator.faults.inject(Fault.LOST_REPLY)
+    with pytest.raises(httpx.RemoteProtocolError):
+        wire.do(Action.REFUND, "A1", 100)  # applied, reply lost
+    emulator.faults.inject(Fault.LATE_APPLY, land_after=dt.timedelta(seconds=30))
+    with pytest.raises(httpx.ReadTimeout):
+        wire.do(Action.REFUND, "A1", 200)
+    assert wire.detail("A1")["RtnValue"]["ClsAmt"] == 900
+    emulator.advance(dt.timedelta(minutes=1))  # the late R lands
+    assert ok(wire.do(Action.CLOSE, "A2", 1000))
+
+    everything = emulator.applied_do_actions()
+    assert [(e.merchant_id, e.merchant_trade_no, e.action, e.amount) for e in everything] == [
+        (MID, "A1", Action.CLOSE, 1000),
+        ("3002608", "A1", Action.CLOSE, 500),
+        (MID, "A1", Action.REFUND, 100),
+        (MID, "A1", Action.REFUND, 200),
+        (MID, "A2", Action.CLOSE, 1000),
+    ]
+    assert [e.fault for e in everything] == [None, None, Fault.LOST_REPLY, Fault.LATE_APPLY, None]
+    assert all(e.applied and e.endpoint is Endpoint.DO_ACTION for e in everything)
+    assert [e.seq for e in everything] == sorted(e.seq for e in everything)
+    mine = emulator.applied_do_actions(MID, "A1")
+    assert [e.amount for e in mine] == [1000, 100, 200]
+    assert len(emulator.applied_do_actions(merchant_trade_no="A1")) == 4
+    assert len(emulator.applied_do_actions("3002608")) == 1
+    assert emulator.applied_do_actions(MID, "NOPE") == ()
+    refunded = sum(e.amount or 0 for e in mine if e.action is Action.REFUND)
+    assert refunded == emulator.order(MID, "A1").refunded_total == 300
+    with pytest.raises(InvalidArgumentType):
+        emulator.applied_do_actions(3002607)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentType):
+        emulator.applied_do_actions(merchant_trade_no=1)  # type: ignore[arg-type]

@@ -29,7 +29,11 @@ SYMPTOMS: dict[Fault, tuple[type[Exception] | int, bool]] = {
     Fault.TRANS_CODE_ERROR: (200, False),
     Fault.GARBLED_DATA: (200, True),
     Fault.MISMATCHED_REPLY: (200, True),
+    Fault.LATE_APPLY: (httpx.ReadTimeout, False),  # not now: it lands later (test_emulator_late)
+    Fault.STALE_QUERY: (200, True),  # CreditDetail only (test_emulator_stale)
 }
+#: The faults a DoAction can meet (STALE_QUERY is for CreditDetail only).
+DO_ACTION_FAULTS = [fault for fault in Fault if fault is not Fault.STALE_QUERY]
 
 
 def test_every_fault_has_a_symptom_here() -> None:
@@ -70,7 +74,7 @@ def check_reply(fault: Fault, response: httpx.Response, emulator: Emulator) -> N
         assert ok(codec.decrypt(outer["Data"]))
 
 
-@pytest.mark.parametrize("fault", list(Fault))
+@pytest.mark.parametrize("fault", DO_ACTION_FAULTS)
 def test_fault_symptom_and_whether_applied_sync(fault: Fault) -> None:
     emulator = make_emulator()
     emulator.authorize(MID, "A1", 1000)
@@ -98,7 +102,7 @@ def test_fault_symptom_and_whether_applied_sync(fault: Fault) -> None:
     assert ok(wire.do(follow, "A1", 1000))
 
 
-@pytest.mark.parametrize("fault", list(Fault))
+@pytest.mark.parametrize("fault", DO_ACTION_FAULTS)
 @pytest.mark.parametrize("use_async_handler", [False, True])
 def test_fault_symptom_and_whether_applied_async(fault: Fault, use_async_handler: bool) -> None:
     emulator = make_emulator()

@@ -119,6 +119,15 @@ def test_admin_routes_drive_a_whole_flow() -> None:
         ("POST", "/_emulator/faults", {"fault": "nope"}, 400),
         ("POST", "/_emulator/faults", {"fault": "lost_reply", "endpoint": "x"}, 400),
         ("POST", "/_emulator/faults", {"fault": "lost_reply", "times": 0}, 400),
+        ("POST", "/_emulator/faults", {"fault": "late_apply", "land_after": -1}, 400),
+        ("POST", "/_emulator/faults", {"fault": "late_apply", "land_after": "60"}, 400),
+        ("POST", "/_emulator/faults", {"fault": "late_apply", "land_after": 1e300}, 400),
+        ("POST", "/_emulator/faults", {"fault": "lost_reply", "land_after": 60}, 400),
+        ("POST", "/_emulator/faults", {"fault": "stale_query", "writes": 0}, 400),
+        ("POST", "/_emulator/faults", {"fault": "stale_query", "endpoint": "DO_ACTION"}, 400),
+        ("POST", "/_emulator/faults", {"fault": "lost_reply", "merchant_trade_no": "A-1"}, 400),
+        ("POST", "/_emulator/faults", {"fault": "lost_reply", "after_do_action": "yes"}, 400),
+        ("DELETE", "/_emulator/landings", None, 405),
         ("DELETE", "/_emulator/time", None, 405),
         ("GET", "/_emulator/nothing", None, 404),
         ("GET", "/elsewhere", None, 404),
@@ -136,6 +145,68 @@ def test_admin_routes_refuse_bad_input_and_change_nothing(
     if path.startswith("/_emulator/"):
         assert response.json()["error"]
     assert (emulator.orders(), emulator.now, emulator.faults.pending()) == before
+
+
+def test_admin_faults_take_the_new_keywords_and_landings_are_listed() -> None:
+    emulator = make_emulator()
+    trade_no = emulator.authorize(MID, "A1", 1000)
+    wire = Wire(emulator)
+    armed = [
+        {"fault": "late_apply", "land_after": 90, "seconds": 0.01, "merchant_trade_no": "A1"},
+        {"fault": "STALE_QUERY", "writes": 2},
+        {"fault": "rate_limited", "endpoint": "CREDIT_DETAIL", "after_do_action": True},
+    ]
+    for body in armed:
+        assert admin(emulator, "POST", "/_emulator/faults", body).status_code == 201
+    late, stale, dormant = emulator.faults.pending()
+    assert (late.fault, late.land_after, late.merchant_trade_no, late.endpoint) == (
+        Fault.LATE_APPLY,
+        dt.timedelta(seconds=90),
+        "A1",
+        Endpoint.DO_ACTION,
+    )
+    assert (stale.fault, stale.writes, stale.endpoint) == (
+        Fault.STALE_QUERY,
+        2,
+        Endpoint.CREDIT_DETAIL,
+    )
+    assert dormant.after_do_action
+    assert emulator.faults.is_dormant(dormant)
+    assert admin(emulator, "GET", "/_emulator/landings").json() == []
+    close = {
+        "MerchantID": MID,
+        "MerchantTradeNo": "A1",
+        "TradeNo": trade_no,
+        "Action": "C",
+        "TotalAmount": 1000,
+    }
+    # Through the ASGI app a late-applied DoAction hangs ``seconds`` and answers 504.
+    assert (
+        admin(emulator, "POST", Endpoint.DO_ACTION.value, wire.envelope(close)).status_code == 504
+    )
+    (landing,) = admin(emulator, "GET", "/_emulator/landings").json()
+    assert landing == {
+        "at": (START + dt.timedelta(seconds=90)).isoformat(),
+        "received_at": START.isoformat(),
+        "timestamp": START.astimezone(dt.UTC).isoformat(),
+        "merchant_id": MID,
+        "merchant_trade_no": "A1",
+        "action": "C",
+        "amount": 1000,
+        "request": close,
+    }
+    assert not emulator.faults.is_dormant(dormant)  # the DoAction woke it
+    assert admin(emulator, "POST", "/_emulator/faults", {"fault": "lost_reply"}).status_code == 201
+    assert admin(emulator, "DELETE", "/_emulator/faults").status_code == 200
+    assert len(emulator.pending_landings()) == 1  # clearing faults does not recall it
+    admin(emulator, "POST", "/_emulator/time", {"advance_seconds": 90})
+    assert admin(emulator, "GET", "/_emulator/landings").json() == []
+    assert (
+        admin(emulator, "GET", f"/_emulator/orders/{MID}/A1").json()["status"] == "To be captured"
+    )
+    events = admin(emulator, "GET", "/_emulator/events").json()
+    assert events[-1]["fault"] == "late_apply"
+    assert events[-1]["applied"] is True
 
 
 def test_admin_body_that_is_not_json() -> None:
@@ -183,7 +254,13 @@ def test_serving_over_loopback_with_real_connection_failures() -> None:
         with pytest.raises(httpx.ReadTimeout):
             wire.do(Action.REFUND, "A1", 100)
         assert emulator.order(MID, "A1").refunded_total == 300
+
+        emulator.faults.inject(Fault.LATE_APPLY, seconds=0.5, land_after=dt.timedelta(0))
+        with pytest.raises(httpx.ReadTimeout):
+            wire.do(Action.REFUND, "A1", 100)
+        assert emulator.order(MID, "A1").refunded_total == 300  # not yet: in flight
         wire.http = patient
+        assert wire.detail("A1")["RtnValue"]["ClsAmt"] == 600  # landed at the next request
 
         emulator.faults.inject(Fault.RATE_LIMITED)
         limited = wire.post(Endpoint.CREDIT_DETAIL, {"MerchantID": MID, "MerchantTradeNo": "A1"})

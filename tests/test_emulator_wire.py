@@ -275,17 +275,34 @@ def _encrypt_raw(codec: AesCodec, plain: bytes) -> str:
     return base64.b64encode(cipher).decode()
 
 
+#: ECPay's own TransCodes for the two causes it was seen to answer [OBS] (spec section 2); every
+#: other bad envelope answers ``bad_envelope_trans_code`` (999 by default).
+OBSERVED_TRANS_CODES = {
+    "Timestamp huge": (104, "Timestamp is over 10 minutes"),
+    "stale Timestamp": (104, "Timestamp is over 10 minutes"),
+    "future Timestamp": (104, "Timestamp is over 10 minutes"),
+    "Data not base64": (110, "The parameter [Data] decrypt fail."),
+    "Data wrong key": (110, "The parameter [Data] decrypt fail."),
+    "Data garbage blocks": (110, "The parameter [Data] decrypt fail."),
+    "Data JSON list": (110, "The parameter [Data] decrypt fail."),
+}
+
+
 def test_bad_envelopes_answer_a_trans_code_error_and_change_nothing() -> None:
     emulator = make_emulator()
     trade_no = emulator.authorize(MID, "A1", 1000)
     cases = envelope_cases(emulator, trade_no)
+    assert set(OBSERVED_TRANS_CODES) <= set(cases)
     before = state_of(emulator)
     for name, content in cases.items():
         response = post_raw(emulator, content)
         assert response.status_code == 200, name
         outer = response.json()
         assert set(outer) == {"MerchantID", "RpHeader", "TransCode", "TransMsg", "Data"}, name
-        assert outer["TransCode"] == 999, name
+        if name in OBSERVED_TRANS_CODES:
+            assert (outer["TransCode"], outer["TransMsg"]) == OBSERVED_TRANS_CODES[name], name
+        else:
+            assert outer["TransCode"] == 999, name
         assert outer["TransCode"] != 1, name
         assert outer["Data"] == "", name
         assert outer["TransMsg"], name
@@ -307,13 +324,18 @@ def test_timestamp_exactly_ten_minutes_off_is_accepted_r20() -> None:
         )
     assert wire.post(
         Endpoint.CREDIT_DETAIL, {"MerchantID": MID, "MerchantTradeNo": "A1"}, timestamp=now - 601
-    ).json()["TransCode"] == (999)
+    ).json()["TransCode"] == (104)
 
 
 def test_bad_envelope_trans_code_is_a_setting() -> None:
     emulator = make_emulator(bad_envelope_trans_code=10300066)
+    trade_no = emulator.authorize(MID, "A1", 1000)
     outer = post_raw(emulator, b"nope").json()
     assert outer["TransCode"] == 10300066
+    # ECPay's observed codes for a bad key and a stale Timestamp are not [HOUSE]: they stay.
+    cases = envelope_cases(emulator, trade_no)
+    assert post_raw(emulator, cases["Data wrong key"]).json()["TransCode"] == 110
+    assert post_raw(emulator, cases["stale Timestamp"]).json()["TransCode"] == 104
 
 
 def test_unknown_paths_and_methods() -> None:

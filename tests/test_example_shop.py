@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from _shrinking import shrunk_failure
-from ecpay_lifecycle import TAIPEI, Client, Credentials, PaymentKind
+from ecpay_lifecycle import TAIPEI, Action, Client, Credentials, PaymentKind
 from ecpay_lifecycle.emulator import Emulator
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
@@ -63,6 +63,7 @@ def shop() -> Any:
         clock=emulator.clock,
     )
     service = shop_service.OrderService(client)
+    service.ecpay = emulator  # for the tests to count on ECPay's books
     for number, kind in (("A1", PaymentKind.ONE_TIME), ("A2", PaymentKind.INSTALLMENT)):
         emulator.authorize(MID, number, 1000, kind=kind)
         service.paid(number, 1000)
@@ -80,6 +81,26 @@ def test_a_refund_is_answered_with_the_plan_and_booked_once(shop: Any) -> None:
     rest = shop.refund("A1", {"request_id": "r2"})
     assert (rest.body["refunded"], rest.body["plan"]) == (700, "E(1000) -> N(1000)")
     assert shop.order("A1").refunded == 1000
+
+
+def test_a_refund_whose_booking_died_with_the_process_is_booked_once_by_the_retry(
+    shop: Any,
+) -> None:
+    client = shop._client  # the worker's own client, as the service holds it
+    # The worker called ECPay, the refund went through, and the process died before booking.
+    client.refund("A1", 300, idempotency_key=shop.key_for("A1", "r-81"))
+    assert shop.order("A1").refunded == 0
+    # The front end retries the same request: the journal replays, the shop books it now...
+    retry = shop.refund("A1", {"request_id": "r-81", "amount": 300})
+    assert (retry.status, retry.body["replayed"], retry.body["refunded_total"]) == (200, True, 300)
+    # ...and only once, however often the retry comes.
+    for _ in range(3):
+        assert (
+            shop.refund("A1", {"request_id": "r-81", "amount": 300}).body["refunded_total"] == 300
+        )
+    assert shop.order("A1").refunded == 300
+    refunds = [e for e in shop.ecpay.applied_do_actions(MID, "A1") if e.action is Action.REFUND]
+    assert [e.amount for e in refunds] == [300]  # ECPay's books: one refund
 
 
 def test_a_rule_is_a_409_naming_it(shop: Any) -> None:
@@ -121,13 +142,11 @@ class RefundsAllFromTheOrderAmount(shop_service.OrderService):
 
 
 class BooksRetriesAgain(shop_service.OrderService):
-    """Broken on purpose: a retried request, replayed by the client, is booked again."""
+    """Broken on purpose: books by adding up answers, not by key, so a retried request that
+    the client replays is booked a second time."""
 
-    def refund(self, order_id: str, body: Any) -> Any:
-        response = super().refund(order_id, body)
-        if response.status == 200 and response.body["replayed"]:
-            self.book(self.order(order_id), response.body["refunded"])
-        return response
+    def book(self, order: Any, key: str, refunded: int) -> None:
+        order.bookings[f"{key}#{len(order.bookings)}"] = refunded
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,10 @@
 Each flow authorizes an order of a random kind, brings it to a random starting state through the
 client (authorized, pending capture, closed, pending refund), then asks for a capture, a refund
 (all or part) or an abandon under an idempotency key while 1-2 random faults are armed on any
-endpoint. Whatever happens, the campaign then does what a shop would: ``reconcile`` if the order
-is locked, and repeats the same request with the same key once the faults are gone.
+endpoint, among them a change that lands late (after the client gave up) and a CreditDetail that
+answers one write behind. Whatever happens, the campaign then does what a shop would: when the
+outcome is unknown it waits until the fence the error names (``retry_at``: R22, after the batch
+where needed), ``reconcile``s, and repeats the same request with the same key.
 
 Checked for every flow, against the emulator's own books (never the client's word):
 - no double refund: ECPay applied each planned DoAction at most once;
@@ -48,6 +50,8 @@ MERCHANT = "3002607"
 KEY, IV = "CampaignKey01234", "CampaignIv012345"
 START = dt.datetime(2026, 11, 25, 9, 0, tzinfo=TAIPEI)
 FAULTS = [f for f in Fault if f is not Fault.DELAY]
+#: Faults that only make sense on one endpoint.
+ONLY_ON = {Fault.STALE_QUERY: Endpoint.CREDIT_DETAIL, Fault.LATE_APPLY: Endpoint.DO_ACTION}
 
 
 def held(snapshot: OrderSnapshot) -> int:
@@ -113,7 +117,7 @@ class Flow:
         )
 
 
-AFTER_APPLY = [f for f in FAULTS if f.applies_change]
+AFTER_APPLY = [f for f in FAULTS if f.applies_change and f not in ONLY_ON] + [Fault.LATE_APPLY]
 QUERY_FAILURES = [Fault.TIMEOUT_BEFORE_APPLY, Fault.SERVER_ERROR_BEFORE_APPLY, Fault.GARBLED_DATA]
 
 
@@ -123,13 +127,17 @@ def arm_random_faults(flow: Flow) -> list[str]:
         # The central risk (spec 9): a DoAction's reply is lost AND the confirming query fails,
         # so the client cannot tell; it must lock the order, not guess or re-send.
         lost = flow.rng.choice(AFTER_APPLY)
-        flow.emulator.faults.inject(lost, endpoint=Endpoint.DO_ACTION, times=1)
+        late = {}
+        if lost is Fault.LATE_APPLY:
+            # Lands 30 s to 20 minutes later: past ECPay's 10-minute window it is refused (R20).
+            late["land_after"] = dt.timedelta(seconds=flow.rng.choice([30, 300, 599, 601, 1200]))
+        flow.emulator.faults.inject(lost, endpoint=Endpoint.DO_ACTION, times=1, **late)
         failure = flow.rng.choice(QUERY_FAILURES)
         flow.confirming_query_fails = failure
         return [f"{lost.name} then {failure.name} on the confirming query"]
     for _ in range(flow.rng.choice([1, 1, 2])):
         fault = flow.rng.choice(FAULTS)
-        endpoint = flow.rng.choice([None, *Endpoint])
+        endpoint = ONLY_ON.get(fault) or flow.rng.choice([None, *Endpoint])
         action = (
             flow.rng.choice([None, *Action]) if endpoint in (None, Endpoint.DO_ACTION) else None
         )
@@ -168,8 +176,12 @@ def run_flow(flow: Flow, counts: collections.Counter[str]) -> None:
     flow.emulator.faults.clear()
     flow.confirming_query_fails = None
 
-    # What a shop does next: reconcile a locked order, then repeat the request with its key.
+    # What a shop does next: wait for the fence (R22), reconcile a locked order, then repeat
+    # the request with its key.
     if isinstance(first, OutcomeUnknown | OrderLocked):
+        if first.retry_at is not None and first.retry_at > flow.emulator.now:
+            flow.emulator.set_time(first.retry_at + dt.timedelta(seconds=1))
+            counts["waited for the fence"] += 1
         reconciliation = flow.client.reconcile(flow.order)
         counts["reconciled, still locked" if reconciliation.locked else "reconciled"] += 1
         assert not reconciliation.locked, "with the faults gone a query must settle the step"
@@ -177,6 +189,11 @@ def run_flow(flow: Flow, counts: collections.Counter[str]) -> None:
         final: object = flow.ask(intent, amount, key)
     except RuleViolation as refusal:
         final = refusal
+    for event in flow.emulator.events:
+        if event.fault is Fault.LATE_APPLY and event.applied:
+            counts["late landings applied"] += 1
+        elif event.fault is Fault.LATE_APPLY and event.trans_code == 104:
+            counts["late landings refused by R20"] += 1
     counts[f"retry with the same key: {type(final).__name__}"] += 1
 
     after = flow.emulator.snapshot(MERCHANT, flow.order)

@@ -21,12 +21,13 @@ EXPECTED = {
     # outcomes and the journal
     "Outcome", "Reconciliation", "Resolution", "StepResult", "Verdict",
     "AttemptRecord", "AttemptStatus", "InMemoryJournal", "Journal", "OperationRecord",
-    "OperationStatus",
+    "OperationStatus", "Claim", "ClaimStatus", "arbitrate", "OrderLocks", "ProcessOrderLocks",
     # the exception tree
     "EcpayError", "InvalidArgument", "InvalidAmount", "ConfigurationError", "InvalidArgumentType",
     "RuleViolation", "RefundExceedsCaptured", "CodecError", "ProtocolError", "UnknownStatusError",
     "ReplyMismatch", "TransportError", "RateLimited", "EnvelopeRejected", "GatewayRefused",
-    "OutcomeUnknown", "OrderLocked",
+    "OutcomeUnknown", "OrderLocked", "WrongCredentials", "ClockOutOfSync", "ServiceNotEnabled",
+    "OperationInProgress", "OwnershipLost", "PlanInterrupted", "JournalError",
 }  # fmt: skip
 
 
@@ -54,7 +55,7 @@ def test_every_exception_is_in_one_tree() -> None:
         if isinstance(getattr(ecpay_lifecycle, n), type)
         and issubclass(getattr(ecpay_lifecycle, n), BaseException)
     ]
-    assert len(errors) == 17
+    assert len(errors) == 24
     assert all(issubclass(e, ecpay_lifecycle.EcpayError) for e in errors)
 
 

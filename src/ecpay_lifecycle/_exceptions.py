@@ -21,9 +21,16 @@ ever carries a HashKey or HashIV.
     ├── TransportError                        nothing took effect: safe to try again
     ├── RateLimited                           HTTP 403: wait 30 minutes, never retried
     ├── EnvelopeRejected                      TransCode != 1: ECPay did not process the request
+    │   ├── WrongCredentials                  TransCode 110: Data did not decrypt (HashKey/HashIV)
+    │   ├── ClockOutOfSync                    TransCode 104: Timestamp over 10 minutes off (R20)
+    │   └── ServiceNotEnabled                 TransCode 115: the merchant lacks this service
     ├── GatewayRefused                        RtnCode != 1: ECPay processed and refused
-    ├── OutcomeUnknown                        a DoAction was sent and its result is not known
-    └── OrderLocked                           an earlier step is unresolved; reconcile() first
+    ├── OutcomeUnknown                        a DoAction was sent and its result is not known yet
+    ├── OrderLocked                           an earlier step is unresolved; reconcile() first
+    ├── PlanInterrupted                       R4: after a done step the order shows otherwise
+    ├── OperationInProgress                   R23: another caller runs this idempotency key now
+    ├── OwnershipLost                         R23: another worker took this operation over
+    └── JournalError                          the journal cannot record: nothing was sent
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "ClockOutOfSync",
     "CodecError",
     "ConfigurationError",
     "EcpayError",
@@ -42,15 +50,21 @@ __all__ = [
     "InvalidAmount",
     "InvalidArgument",
     "InvalidArgumentType",
+    "JournalError",
+    "OperationInProgress",
     "OrderLocked",
     "OutcomeUnknown",
+    "OwnershipLost",
+    "PlanInterrupted",
     "ProtocolError",
     "RateLimited",
     "RefundExceedsCaptured",
     "ReplyMismatch",
     "RuleViolation",
+    "ServiceNotEnabled",
     "TransportError",
     "UnknownStatusError",
+    "WrongCredentials",
     "error_token",
 ]
 
@@ -210,6 +224,31 @@ class EnvelopeRejected(EcpayError):
         self.raw = raw
 
 
+class WrongCredentials(EnvelopeRejected):
+    """TransCode 110: ECPay could not decrypt ``Data``: the HashKey or HashIV is wrong.
+
+    Nothing was processed. Check the merchant's HashKey and HashIV (and which merchant ID they
+    belong to) in ECPay's back office.
+    """
+
+
+class ClockOutOfSync(EnvelopeRejected):
+    """TransCode 104: the request's Timestamp is more than 10 minutes from ECPay's clock (R20).
+
+    Nothing was processed. ``skew_seconds`` is the offset measured from the reply's
+    ``RpHeader.Timestamp`` (local minus ECPay), when the reply carried one; fix the host's clock.
+    """
+
+    skew_seconds: float | None = None
+
+
+class ServiceNotEnabled(EnvelopeRejected):
+    """TransCode 115: the merchant account does not have this ECPay service enabled.
+
+    Nothing was processed. Ask ECPay to enable the credit-card DoAction/query service.
+    """
+
+
 class GatewayRefused(EcpayError):
     """ECPay processed the request and refused it (RtnCode != 1, or a QueryTrade error message).
 
@@ -234,10 +273,14 @@ class GatewayRefused(EcpayError):
 
 
 class OutcomeUnknown(EcpayError):
-    """A DoAction was sent and whether it took effect could not be established (spec section 9).
+    """A DoAction was sent and whether it took effect is not established yet (R22, spec 9).
 
-    The order is locked for money movement until ``reconcile()`` resolves it. ``step`` is the
-    step whose outcome is unknown and ``observed`` the last snapshot seen, if any.
+    The order takes no new money movement until the attempt is resolved. ``retry_at`` is when it
+    can be resolved (the fence: the request's Timestamp + 600 s + margin, and after the next
+    batch where the step's effect may only show then); ``None`` when a query can never tell and
+    a person must declare the verdict. ``idempotency_key`` is the operation's journal key (the
+    caller's key, or the generated one a ``reconcile(declare=...)`` names). ``step`` is the step
+    and ``observed`` the last snapshot seen, if any.
     """
 
     def __init__(
@@ -247,11 +290,87 @@ class OutcomeUnknown(EcpayError):
         merchant_trade_no: str | None = None,
         step: object = None,
         observed: object = None,
+        retry_at: _dt.datetime | None = None,
+        idempotency_key: str | None = None,
     ) -> None:
         super().__init__(message, merchant_trade_no=merchant_trade_no)
         self.step = step
         self.observed = observed
+        self.retry_at = retry_at
+        self.idempotency_key = idempotency_key
 
 
 class OrderLocked(EcpayError):
-    """The order has a step of unknown outcome; no new money movement until reconciled."""
+    """The order has a step of unknown outcome; no new money movement until it is resolved.
+
+    ``retry_at`` is when ``reconcile()`` can resolve it by a query (R22), if known;
+    ``idempotency_key`` the journal key of the operation that holds the unresolved step.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        merchant_trade_no: str | None = None,
+        retry_at: _dt.datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> None:
+        super().__init__(message, merchant_trade_no=merchant_trade_no)
+        self.retry_at = retry_at
+        self.idempotency_key = idempotency_key
+
+
+class PlanInterrupted(EcpayError):
+    """A step of a plan was done, but the fresh query before the next step (R4) plans otherwise.
+
+    The rest of the plan was not sent: a query one write behind, or a batch that ran meanwhile,
+    would make it wrong. Nothing is unknown; the same idempotency key, asked again later,
+    continues from a fresh query. ``observed`` is what the query showed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        merchant_trade_no: str | None = None,
+        observed: object = None,
+        idempotency_key: str | None = None,
+    ) -> None:
+        super().__init__(message, merchant_trade_no=merchant_trade_no)
+        self.observed = observed
+        self.idempotency_key = idempotency_key
+
+
+class OperationInProgress(EcpayError):
+    """R23: another caller owns this idempotency key's operation and is running it now.
+
+    Nothing was sent by this call. Ask again later: after ``retry_at`` (when the owner's lease
+    lapses, if it died) the same key replays the outcome, continues, or is taken over.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        merchant_trade_no: str | None = None,
+        retry_at: _dt.datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> None:
+        super().__init__(message, merchant_trade_no=merchant_trade_no)
+        self.retry_at = retry_at
+        self.idempotency_key = idempotency_key
+
+
+class OwnershipLost(EcpayError):
+    """R23: a journal write was refused because the record changed since this worker read it.
+
+    Another worker took the operation over (this worker's lease lapsed) or resolved it. This
+    worker sends nothing more for it; the same idempotency key, asked again, reports the truth.
+    """
+
+
+class JournalError(EcpayError):
+    """The journal could not read or durably write a record (a file that is not a database, a
+    schema from a newer version, a full disk, a database that refuses the connection or drops
+    it). The attempt could not be recorded, so its request was not sent; the message says what
+    to do."""

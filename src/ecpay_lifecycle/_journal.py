@@ -6,8 +6,15 @@ a generated one). Before a DoAction is sent the record gets an :class:`AttemptRe
 ``NOT_DONE``, ``REFUSED`` or ``UNKNOWN``. A record is saved whole each time, so a durable store
 that writes each save atomically never holds a half-updated operation.
 
-:class:`Journal` is the small protocol a store implements: :meth:`~Journal.claim`,
-:meth:`~Journal.save` and :meth:`~Journal.for_order`. Records are frozen values made of plain
+R23, one owner per operation: a record names its ``owner`` and the ``lease_until`` of that
+ownership, and carries a ``revision``. :meth:`Journal.claim` makes the caller the owner or says
+who else is; :meth:`Journal.save` is a compare-and-set on the revision, so a worker that lost
+ownership cannot overwrite newer facts (:class:`~ecpay_lifecycle.OwnershipLost`). The decision of
+a claim is one pure function, :func:`arbitrate`, that every store applies atomically.
+
+:class:`Journal` is the small protocol a store implements: ``locks`` (its
+:class:`~._locks.OrderLocks`), :meth:`~Journal.claim`, :meth:`~Journal.save`,
+:meth:`~Journal.get` and :meth:`~Journal.for_order`. Records are frozen values made of plain
 data; :meth:`OperationRecord.to_dict` and :meth:`OperationRecord.from_dict` round-trip them
 through JSON for a store that keeps text. :class:`InMemoryJournal` is the default: it lives as
 long as the process and forgets the oldest finished operations beyond a bound.
@@ -25,16 +32,20 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
-from ._exceptions import InvalidArgument, InvalidArgumentType
-from ._models import Action, Intent, OrderSnapshot, PaymentKind, Plan, State, Step
+from ._exceptions import InvalidArgument, InvalidArgumentType, OwnershipLost
+from ._locks import OrderLocks, ProcessOrderLocks
+from ._models import Action, Intent, OrderSnapshot, PaymentKind, Plan, State, Step, check_aware
 
 __all__ = [
     "AttemptRecord",
     "AttemptStatus",
+    "Claim",
+    "ClaimStatus",
     "InMemoryJournal",
     "Journal",
     "OperationRecord",
     "OperationStatus",
+    "arbitrate",
 ]
 
 _T = TypeVar("_T")
@@ -78,9 +89,10 @@ class AttemptRecord:
     """One DoAction sent (or about to be sent) for step ``index`` of an operation's plan.
 
     ``before`` is the order as last confirmed before this attempt and ``step`` the planned step
-    with the state it expects (``None`` for a raw DoAction, which has no plan). ``attempt`` is 1,
-    or 2 for the single re-send after a proof that the first did not happen. ``note`` says, for
-    people, what went wrong; it never holds a secret or a ``Data`` blob.
+    with the state it expects (``None`` for a raw DoAction, which has no plan). ``attempt`` counts
+    the sends of this step (2 after one proved not done, R22). ``at`` is the request's Timestamp;
+    ``resolvable_at`` the fence (R22): from then on a query showing no change proves the attempt
+    not done. ``note`` says, for people, what went wrong; it never holds a secret or ``Data``.
     """
 
     index: int
@@ -95,6 +107,7 @@ class AttemptRecord:
     rtn_code: int | str | None = None
     rtn_msg: str = ""
     note: str = ""
+    resolvable_at: dt.datetime | None = None
 
     @property
     def expected(self) -> tuple[State, int] | None:
@@ -118,6 +131,7 @@ class AttemptRecord:
             "rtn_code": self.rtn_code,
             "rtn_msg": self.rtn_msg,
             "note": self.note,
+            "resolvable_at": _iso(self.resolvable_at),
         }
 
     @classmethod
@@ -138,6 +152,7 @@ class AttemptRecord:
                 rtn_code=_code(data.get("rtn_code")),
                 rtn_msg=str(data.get("rtn_msg", "")),
                 note=str(data.get("note", "")),
+                resolvable_at=_maybe_aware(data.get("resolvable_at")),
             ),
         )
 
@@ -149,7 +164,10 @@ class OperationRecord:
     ``key`` is the caller's idempotency key when ``caller_key`` is True, otherwise a generated
     one. ``request`` is the canonical text of the call's parameters: the same key with another
     request is refused. ``intent`` is ``None`` for a raw DoAction. ``plan`` and ``before`` are set
-    once the first query and the planner ran; ``final`` once the last step was confirmed.
+    once the first query and the planner ran; ``final`` once the last step was done. ``owner`` and
+    ``lease_until`` name who runs it now (``None`` when nobody does) and ``revision`` counts its
+    saves (R23). ``notes`` hold what people should know, e.g. a query that disagreed with an
+    accepted reply (R21).
     """
 
     merchant_id: str
@@ -165,6 +183,19 @@ class OperationRecord:
     before: OrderSnapshot | None = None
     attempts: tuple[AttemptRecord, ...] = ()
     final: OrderSnapshot | None = None
+    owner: str | None = None
+    lease_until: dt.datetime | None = None
+    revision: int = 0
+    notes: tuple[str, ...] = ()
+
+    def owned_by_other(self, owner: str | None, now: dt.datetime) -> bool:
+        """Whether someone other than ``owner`` holds a lease that has not lapsed at ``now``."""
+        return (
+            self.owner is not None
+            and self.owner != owner
+            and self.lease_until is not None
+            and self.lease_until > now
+        )
 
     @property
     def open_attempt(self) -> AttemptRecord | None:
@@ -189,6 +220,10 @@ class OperationRecord:
             "before": None if self.before is None else snapshot_to_dict(self.before),
             "attempts": [attempt.to_dict() for attempt in self.attempts],
             "final": None if self.final is None else snapshot_to_dict(self.final),
+            "owner": self.owner,
+            "lease_until": _iso(self.lease_until),
+            "revision": self.revision,
+            "notes": list(self.notes),
         }
 
     @classmethod
@@ -210,26 +245,96 @@ class OperationRecord:
                 before=None if data["before"] is None else snapshot_from_dict(data["before"]),
                 attempts=tuple(AttemptRecord.from_dict(a) for a in data["attempts"]),
                 final=None if data["final"] is None else snapshot_from_dict(data["final"]),
+                owner=_text_or_none(data.get("owner")),
+                lease_until=_maybe_aware(data.get("lease_until")),
+                revision=_int(data.get("revision", 0)),
+                notes=_texts(data.get("notes", [])),
             ),
         )
 
 
+class ClaimStatus(enum.StrEnum):
+    """What :meth:`Journal.claim` found for an idempotency key (R23)."""
+
+    #: The caller owns the operation now: a new record, or an existing one nobody runs (or whose
+    #: owner's lease lapsed, or that the caller already owned).
+    OWNER = "owner"
+    #: Another owner holds a live lease: the caller must not run it too.
+    BUSY = "busy"
+    #: The operation succeeded: the caller replays its outcome.
+    FINISHED = "finished"
+    #: The key names another request (another order or parameters): refused.
+    CONFLICT = "conflict"
+
+
+@attrs.frozen(kw_only=True)
+class Claim:
+    """The answer of :meth:`Journal.claim`: a status and the record as stored now.
+
+    ``created`` is True when the record is new; ``taken_over`` when the caller took the record
+    from another owner whose lease had lapsed (it must resolve any open attempt first, R22).
+    """
+
+    status: ClaimStatus
+    record: OperationRecord
+    created: bool = False
+    taken_over: bool = False
+
+
+def arbitrate(
+    existing: OperationRecord | None, fresh: OperationRecord, now: dt.datetime
+) -> tuple[Claim, OperationRecord | None]:
+    """Decide a claim of ``fresh`` (which names the would-be owner and lease) against what the
+    store holds; return the answer and the record to write (``None``: write nothing).
+
+    Every store calls this inside one atomic read-and-write, so all stores decide alike (R23).
+    A claim must name its owner and lease, and ``now`` must be aware.
+    """
+    check_aware(now, field="now")
+    if fresh.owner is None or fresh.lease_until is None:
+        raise InvalidArgument("a claim names its owner and its lease_until (R23)")
+    if existing is None:
+        stored = attrs.evolve(fresh, revision=1)
+        return Claim(status=ClaimStatus.OWNER, record=stored, created=True), stored
+    if (existing.merchant_trade_no, existing.request) != (fresh.merchant_trade_no, fresh.request):
+        return Claim(status=ClaimStatus.CONFLICT, record=existing), None
+    if existing.status is OperationStatus.SUCCEEDED:
+        return Claim(status=ClaimStatus.FINISHED, record=existing), None
+    if existing.owned_by_other(fresh.owner, now):
+        return Claim(status=ClaimStatus.BUSY, record=existing), None
+    taken_over = existing.owner is not None and existing.owner != fresh.owner
+    stored = attrs.evolve(
+        existing,
+        owner=fresh.owner,
+        lease_until=fresh.lease_until,
+        updated_at=now,
+        revision=existing.revision + 1,
+    )
+    return Claim(status=ClaimStatus.OWNER, record=stored, taken_over=taken_over), stored
+
+
 @runtime_checkable
 class Journal(Protocol):
-    """Where the clients record operations (spec section 9). Three methods, plain values.
+    """Where the clients record operations (spec section 9). A few methods, plain values.
 
     A store must make each call atomic; a durable one must have written a record before
     :meth:`save` returns, because the client sends a DoAction right after saving ``SENDING``.
+    ``locks`` are the per-order locks every client sharing this journal uses.
     """
 
-    def claim(self, record: OperationRecord) -> OperationRecord | None:
-        """Store ``record`` unless one with its ``(merchant_id, key)`` exists; return that one.
+    @property
+    def locks(self) -> OrderLocks:
+        """The per-order locks that come with this store (spec 9: order serialisation)."""
 
-        ``None`` means ``record`` was stored. Atomic: two claims of one key never both succeed.
-        """
+    def claim(self, record: OperationRecord, *, now: dt.datetime) -> Claim:
+        """Atomically decide by :func:`arbitrate` and write what it says (R23)."""
 
-    def save(self, record: OperationRecord) -> None:
-        """Replace the record with the same ``(merchant_id, key)`` by ``record``."""
+    def save(self, record: OperationRecord) -> OperationRecord:
+        """Replace the stored record if its revision is still ``record.revision`` and return it
+        as stored (revision + 1); otherwise raise :class:`~ecpay_lifecycle.OwnershipLost`."""
+
+    def get(self, merchant_id: str, key: str) -> OperationRecord | None:
+        """The record of one operation, if kept."""
 
     def for_order(self, merchant_id: str, merchant_trade_no: str) -> Sequence[OperationRecord]:
         """Every record kept for one order, oldest first (the lock check reads these)."""
@@ -240,8 +345,9 @@ class InMemoryJournal:
 
     It keeps at most ``max_operations`` records, forgetting the least recently saved finished
     ones first; a record with an unresolved attempt is never forgotten, because it locks its
-    order. What it forgets, an idempotency key no longer replays: give the clients a durable
-    journal where keys must outlive the process or the bound.
+    order. What it forgets, an idempotency key no longer replays, and a crash forgets everything:
+    give the clients a durable journal where keys must outlive the process or the bound. Its
+    :attr:`locks` serialise the threads and tasks of this process.
     """
 
     def __init__(self, *, max_operations: int = 10_000) -> None:
@@ -251,6 +357,7 @@ class InMemoryJournal:
             raise InvalidArgument(f"max_operations must be at least 1, got {max_operations}")
         self._max = max_operations
         self._lock = threading.Lock()
+        self._locks = ProcessOrderLocks()
         self._records: collections.OrderedDict[tuple[str, str], OperationRecord] = (
             collections.OrderedDict()
         )
@@ -262,19 +369,48 @@ class InMemoryJournal:
     def __len__(self) -> int:
         return len(self._records)
 
-    def claim(self, record: OperationRecord) -> OperationRecord | None:
+    @property
+    def locks(self) -> ProcessOrderLocks:
+        """See :attr:`Journal.locks`: locks for the threads and tasks of this process."""
+        return self._locks
+
+    def claim(self, record: OperationRecord, *, now: dt.datetime) -> Claim:
         """See :meth:`Journal.claim`."""
         with self._lock:
-            existing = self._records.get((record.merchant_id, record.key))
-            if existing is not None:
-                return existing
-            self._store(record)
-            return None
+            claim, write = arbitrate(
+                self._records.get((record.merchant_id, record.key)), record, now
+            )
+            if write is not None:
+                self._store(write)
+            return claim
 
-    def save(self, record: OperationRecord) -> None:
+    def save(self, record: OperationRecord) -> OperationRecord:
         """See :meth:`Journal.save`."""
         with self._lock:
-            self._store(record)
+            stored = self._records.get((record.merchant_id, record.key))
+            if stored is not None and (stored.merchant_trade_no, stored.request) != (
+                record.merchant_trade_no,
+                record.request,
+            ):
+                raise InvalidArgument(
+                    f"journal record {record.key!r} names another order or request than the "
+                    "stored one; a save never changes what an operation is"
+                )
+            if stored is None or stored.revision != record.revision:
+                raise OwnershipLost(
+                    f"journal record {record.key!r} changed since this worker read it (revision "
+                    f"{record.revision}, now {None if stored is None else stored.revision}): "
+                    "another worker owns or resolved the operation; nothing more is sent",
+                    merchant_trade_no=record.merchant_trade_no,
+                )
+            written = attrs.evolve(record, revision=record.revision + 1)
+            self._store(written)
+            return written
+
+    def get(self, merchant_id: str, key: str) -> OperationRecord | None:
+        """See :meth:`Journal.get`."""
+        with self._lock:
+            return self._records.get((merchant_id, key))
 
     def for_order(self, merchant_id: str, merchant_trade_no: str) -> Sequence[OperationRecord]:
         """See :meth:`Journal.for_order`."""
@@ -298,7 +434,11 @@ class InMemoryJournal:
         if excess <= 0:
             return
         # Oldest first, stopping as soon as enough are found: the usual cost is one record.
-        finished = (ident for ident, rec in self._records.items() if rec.open_attempt is None)
+        finished = (
+            ident
+            for ident, rec in self._records.items()
+            if rec.open_attempt is None and rec.owner is None
+        )
         for ident in list(itertools.islice(finished, excess)):
             self._unindex(self._records.pop(ident))
 
@@ -421,6 +561,26 @@ def _code(value: object) -> int | str | None:
     if value is None or isinstance(value, str):
         return value
     return _int(value)
+
+
+def _text_or_none(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"expected a str or null, got {type(value).__name__}")
+
+
+def _texts(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise TypeError("expected a list of str")
+    return tuple(value)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _maybe_aware(value: object) -> dt.datetime | None:
+    return None if value is None else _aware(value)
 
 
 def _aware(value: object) -> dt.datetime:

@@ -9,6 +9,7 @@ does no I/O, so every case is tested directly.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 
 import attrs
@@ -56,9 +57,11 @@ class Outcome:
 
     ``before`` is the order as the first query saw it (R4), ``plan`` what the planner chose from
     it, ``steps_done`` every DoAction carried out under this operation (across a resumption, see
-    docs/client.md), and ``final`` the order as the query after the last step confirmed it.
-    ``replayed`` is True when the same ``idempotency_key`` was seen before: the recorded outcome
-    is returned and nothing is sent.
+    docs/client.md), and ``final`` the order after the last step: as ECPay's accepted reply
+    implies it (R21: no confirming query is sent after an intact reply), or as the query that
+    resolved a lost reply showed it. ``replayed`` is True when the same ``idempotency_key`` was
+    seen before: the recorded outcome is returned and nothing is sent. ``disagreements`` reports
+    queries that contradicted an accepted reply (R21: reported, never turned into "not done").
     """
 
     intent: Intent
@@ -69,6 +72,7 @@ class Outcome:
     final: OrderSnapshot
     idempotency_key: str | None
     replayed: bool = False
+    disagreements: tuple[str, ...] = ()
 
     @property
     def refunded(self) -> int:
@@ -81,17 +85,21 @@ class Resolution:
     """How ``reconcile`` resolved one step whose outcome had been unknown.
 
     ``idempotency_key`` is the caller's key of the operation the step belongs to (``None`` when
-    the caller gave none). ``declared`` is True when the caller declared the verdict because the
-    query alone could not tell. ``outcome`` is the operation's :class:`Outcome` when this step
-    was its last, so the operation is now complete (a retry with the key replays it).
+    the caller gave none) and ``key`` its journal key (the one ``reconcile(declare=...)`` names).
+    ``declared`` is True when the caller declared the verdict because the query alone could not
+    tell. ``retry_at`` says, for a step still unknown, when a query can resolve it (R22); None
+    when only a person can. ``outcome`` is the operation's :class:`Outcome` when this step was
+    its last, so the operation is now complete (a retry with the key replays it).
     """
 
     idempotency_key: str | None
+    key: str
     action: Action
     amount: int
     verdict: Verdict
     declared: bool
     outcome: Outcome | None
+    retry_at: dt.datetime | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -21,6 +21,7 @@ import attrs
 
 from ._codec import AesCodec
 from ._exceptions import (
+    ClockOutOfSync,
     CodecError,
     ConfigurationError,
     EnvelopeRejected,
@@ -30,7 +31,9 @@ from ._exceptions import (
     ProtocolError,
     RateLimited,
     ReplyMismatch,
+    ServiceNotEnabled,
     UnknownStatusError,
+    WrongCredentials,
     error_token,
 )
 from ._models import (
@@ -62,6 +65,7 @@ __all__ = [
     "build_do_action",
     "is_stage",
     "open_reply",
+    "open_reply_stamped",
     "parse_cashier_query",
     "parse_credit_detail",
     "parse_do_action",
@@ -260,11 +264,30 @@ def open_reply(
 ) -> dict[str, Any]:
     """Check the HTTP status and envelope of a reply and return its decrypted inner data (R2).
 
+    See :func:`open_reply_stamped`, which also returns the reply's ``RpHeader.Timestamp``.
+    """
+    return open_reply_stamped(credentials, status_code, content, request=request)[0]
+
+
+#: The envelope TransCodes ECPay answers before processing anything [OBS], each its own error.
+_REJECTIONS: dict[int, tuple[type[EnvelopeRejected], str]] = {
+    110: (WrongCredentials, "the HashKey or HashIV is wrong: ECPay could not decrypt Data"),
+    104: (ClockOutOfSync, "the Timestamp is over 10 minutes off ECPay's clock (R20)"),
+    115: (ServiceNotEnabled, "this ECPay service is not enabled for the merchant"),
+}
+
+
+def open_reply_stamped(
+    credentials: Credentials, status_code: int, content: bytes, *, request: WireRequest
+) -> tuple[dict[str, Any], int | None]:
+    """:func:`open_reply`, plus the reply's ``RpHeader.Timestamp`` (``None`` if absent).
+
     HTTP 403 raises :class:`RateLimited` (ECPay asks to wait 30 minutes); any other non-200 or a
     body that is not a JSON object raises :class:`ProtocolError`. ``TransCode != 1`` raises
-    :class:`EnvelopeRejected` without decrypting ``Data``; an outer ``MerchantID`` other than the
-    request's raises :class:`ReplyMismatch`; a ``Data`` that does not decrypt raises
-    :class:`CodecError`.
+    :class:`EnvelopeRejected` without decrypting ``Data`` (110, 104 and 115 as the named
+    :class:`WrongCredentials`, :class:`ClockOutOfSync` and :class:`ServiceNotEnabled`); an outer
+    ``MerchantID`` other than the request's raises :class:`ReplyMismatch`; a ``Data`` that does
+    not decrypt raises :class:`CodecError`.
     """
     order = request.merchant_trade_no
     if status_code == 403:
@@ -287,12 +310,15 @@ def open_reply(
         raise ProtocolError(
             f"reply from {request.path} is not a JSON object", merchant_trade_no=order, raw=content
         )
+    stamp = _stamp(body.get("RpHeader"))
     trans_code = _integer(body, "TransCode", order=order, raw=body)
     if trans_code != 1:
         trans_msg = _message(body.get("TransMsg"))
-        raise EnvelopeRejected(
-            f"ECPay did not process the request: TransCode {body.get('TransCode')!r}, "
-            f"TransMsg {trans_msg!r}",
+        kind, meaning = _REJECTIONS.get(
+            trans_code, (EnvelopeRejected, "ECPay did not process the request")
+        )
+        raise kind(
+            f"{meaning}: TransCode {body.get('TransCode')!r}, TransMsg {trans_msg!r}",
             trans_code=body.get("TransCode"),
             trans_msg=trans_msg,
             merchant_trade_no=order,
@@ -309,9 +335,23 @@ def open_reply(
     if not isinstance(data, str):
         raise _field_error("Data", data, order, body)
     try:
-        return credentials.codec.decrypt(data)
+        return credentials.codec.decrypt(data), stamp
     except CodecError as exc:
         raise CodecError(exc.message, merchant_trade_no=order) from exc
+
+
+def _stamp(header: object) -> int | None:
+    """``RpHeader.Timestamp`` as epoch seconds, or None when absent or not a number."""
+    if not isinstance(header, dict):
+        return None
+    value = header.get("Timestamp")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
+        return int(value)
+    return None
 
 
 # -- parsing replies --------------------------------------------------------------------------

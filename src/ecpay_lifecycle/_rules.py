@@ -23,6 +23,7 @@ __all__ = [
     "action_applies_to_kind",
     "blackout_retry_at",
     "capture_deadline",
+    "first_batch_end_after",
     "forced_abandon_at",
     "full_refund_only",
     "in_blackout",
@@ -86,6 +87,19 @@ def next_batch_end(now: dt.datetime) -> dt.datetime:
     local = now.astimezone(TAIPEI)
     end = dt.datetime.combine(local.date(), BATCH_END, tzinfo=TAIPEI)
     return end if local < end else end + dt.timedelta(days=1)
+
+
+def first_batch_end_after(moment: dt.datetime) -> dt.datetime:
+    """The 20:30 Taipei ending the first daily batch that *starts* (20:15) after ``moment``.
+
+    R22: an effect that may only show at the batch is proved absent only by a query after a
+    batch that ran once the fence had passed.
+    """
+    local = moment.astimezone(TAIPEI)
+    start = dt.datetime.combine(local.date(), BATCH_START, tzinfo=TAIPEI)
+    if local >= start:
+        start += dt.timedelta(days=1)
+    return dt.datetime.combine(start.date(), BATCH_END, tzinfo=TAIPEI)
 
 
 def capture_deadline(authorized_at: dt.datetime) -> dt.datetime:

@@ -246,6 +246,8 @@ class ScheduledFault:
 
 #: Every fault but DELAY, which only costs real time and proves nothing about outcomes.
 _FAULTS = tuple(f for f in Fault if f is not Fault.DELAY)
+#: Faults the emulator arms on one endpoint only.
+_ONLY_ON = {Fault.STALE_QUERY: Endpoint.CREDIT_DETAIL, Fault.LATE_APPLY: Endpoint.DO_ACTION}
 
 
 def fault_schedules(
@@ -265,11 +267,24 @@ def fault_schedules(
         raise InvalidArgument("fault_schedules needs at least one fault")
     if max_faults < 0:
         raise InvalidArgument(f"max_faults must be 0 or more, got {max_faults}")
-    one = st.builds(
-        ScheduledFault,
-        fault=st.sampled_from(tuple(faults)),
-        endpoint=st.sampled_from(tuple(endpoints)),
-        action=st.one_of(st.none(), st.sampled_from(tuple(Action))),
-        times=st.integers(1, 2),
-    )
+
+    def on_its_endpoints(fault: Fault) -> st.SearchStrategy[ScheduledFault]:
+        # A fault that only one endpoint can have goes there; an action only on DoAction.
+        only = _ONLY_ON.get(fault)
+        allowed = tuple(e for e in endpoints if only is None or e in (None, only))
+        if not allowed:
+            allowed = (only,)
+        return st.sampled_from(allowed).flatmap(
+            lambda endpoint: st.builds(
+                ScheduledFault,
+                fault=st.just(fault),
+                endpoint=st.just(endpoint),
+                action=st.none()
+                if endpoint not in (None, Endpoint.DO_ACTION) or only is Endpoint.CREDIT_DETAIL
+                else st.one_of(st.none(), st.sampled_from(tuple(Action))),
+                times=st.integers(1, 2),
+            )
+        )
+
+    one = st.sampled_from(tuple(faults)).flatmap(on_its_endpoints)
     return st.lists(one, max_size=max_faults).map(tuple)

@@ -9,7 +9,7 @@ mount :meth:`Emulator.asgi_app` in any ASGI server. See ``docs/emulator.md``.
 from __future__ import annotations
 
 from ._emulator import Emulator
-from ._events import Event, EventKind
+from ._events import Event, EventKind, Landing
 from ._faults import Endpoint, Fault, FaultRule, Faults
 from ._serve import serving
 from ._settings import DEFAULT_REFUSALS, EmulatorSettings, Refusal, RefusalReply, ReplyFlavour
@@ -26,6 +26,7 @@ __all__ = [
     "Fault",
     "FaultRule",
     "Faults",
+    "Landing",
     "OrderView",
     "Refusal",
     "RefusalReply",

@@ -14,7 +14,9 @@ become what a real server can do (hang, cut the reply short, answer 5xx/403). Ad
 - ``GET /_emulator/orders/{merchant_id}/{merchant_trade_no}`` -> the order (status, amounts, rows)
 - ``PUT /_emulator/orders/{merchant_id}/{merchant_trade_no}/status`` with ``{"status": "銀行拒絕"}``
 - ``POST /_emulator/faults`` with ``{"fault", "endpoint"?, "action"?, "times"?, "seconds"?,
-  "status_code"?, "trans_code"?}`` (names or values of the enums); ``DELETE`` disarms all
+  "status_code"?, "trans_code"?, "land_after"? (seconds), "writes"?, "merchant_trade_no"?,
+  "after_do_action"?}`` (names or values of the enums); ``DELETE`` disarms all
+- ``GET /_emulator/landings`` -> the DoActions in flight (``Fault.LATE_APPLY``)
 - ``GET /_emulator/events`` -> the event log
 
 Bad admin input answers 400 with ``{"error": message}``; nothing changes.
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ecpay_lifecycle._exceptions import EcpayError
 from ecpay_lifecycle._models import Action, GatewayStatus, PaymentKind
 
-from ._events import Event
+from ._events import Event, Landing
 from ._faults import Endpoint, Fault
 from ._state import OrderView
 from ._wire import parse_aware_iso
@@ -228,14 +230,20 @@ def _route(
                 seconds=data.get("seconds"),
                 status_code=data.get("status_code"),
                 trans_code=data.get("trans_code"),
+                land_after=_seconds(data.get("land_after"), "land_after"),
+                writes=data.get("writes"),
+                merchant_trade_no=data.get("merchant_trade_no"),
+                after_do_action=data.get("after_do_action", False),
             )
             return 201, {"id": rule.id}
         case ["faults"], "DELETE":
             emulator.faults.clear()
             return 200, {}
+        case ["landings"], "GET":
+            return 200, [landing_json(landing) for landing in emulator.pending_landings()]
         case ["events"], "GET":
             return 200, [event_json(event) for event in emulator.events]
-    known = {"time", "merchants", "orders", "faults", "events"}
+    known = {"time", "merchants", "orders", "faults", "landings", "events"}
     if parts and parts[0] in known:
         raise _AdminError(f"{method} is not allowed here", 405)
     raise _AdminError("no such admin route", 404)
@@ -249,6 +257,15 @@ def _json_body(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise _AdminError("body must be a JSON object")
     return data
+
+
+def _seconds(value: object, field: str) -> dt.timedelta | None:
+    """A duration sent as a number of seconds (None when absent)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _AdminError(f"{field} must be a number of seconds")
+    return dt.timedelta(seconds=value)
 
 
 def _time(emulator: Emulator) -> dict[str, str]:
@@ -319,4 +336,18 @@ def event_json(event: Event) -> dict[str, Any]:
         "refusal": None if event.refusal is None else event.refusal.value,
         "fault": None if event.fault is None else event.fault.value,
         "note": event.note,
+    }
+
+
+def landing_json(landing: Landing) -> dict[str, Any]:
+    """A :class:`Landing` as JSON."""
+    return {
+        "at": landing.at.isoformat(),
+        "received_at": landing.received_at.isoformat(),
+        "timestamp": landing.timestamp.isoformat(),
+        "merchant_id": landing.merchant_id,
+        "merchant_trade_no": landing.merchant_trade_no,
+        "action": None if landing.action is None else landing.action.value,
+        "amount": landing.amount,
+        "request": dict(landing.request),
     }

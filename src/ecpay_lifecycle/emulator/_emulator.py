@@ -3,7 +3,9 @@
 Front doors: :attr:`Emulator.handler` / :attr:`Emulator.async_handler` for
 ``httpx.MockTransport`` and :meth:`Emulator.asgi_app` for any ASGI server. All three share one
 request pipeline: read the envelope (spec 2), pick an armed fault, apply the request to the
-:class:`~._state.Ledger` (spec 3-7), shape the reply. One re-entrant lock guards all state.
+:class:`~._state.Ledger` (spec 3-7), shape the reply. A DoAction let in by ``Fault.LATE_APPLY``
+waits in a queue of landings until the clock reaches its moment (spec 9, R22). One re-entrant
+lock guards all state.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import asyncio
 import collections
 import datetime as dt
 import enum
+import functools
+import itertools
 import json
 import threading
 import time
@@ -28,14 +32,17 @@ from ecpay_lifecycle._models import (
     GatewayStatus,
     OrderSnapshot,
     PaymentKind,
+    check_aware,
     check_order_number,
 )
 
-from ._events import Event, EventKind
+from ._events import Event, EventKind, Landing
 from ._faults import Endpoint, Fault, FaultRule, Faults
 from ._settings import EmulatorSettings, Refusal
 from ._state import Ledger, OrderView, _Merchant, _Order
 from ._wire import (
+    DECRYPT_FAIL,
+    STALE_TIMESTAMP,
     EnvelopeProblem,
     credit_detail_reply,
     echo,
@@ -49,6 +56,8 @@ __all__ = ["AsgiApp", "Emulator"]
 
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
+#: A landing so far away that it overflows the calendar never lands.
+_NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
 class _Failure(enum.Enum):
@@ -73,17 +82,46 @@ class _Reply:
 
 @attrs.frozen
 class _Received:
-    """A request whose envelope decrypted, waiting (maybe after a DELAY) to be processed."""
+    """A request whose envelope decrypted, waiting (maybe after a DELAY) to be processed.
+
+    ``timestamp`` is its ``RqHeader.Timestamp`` (epoch seconds), ``received_at`` the emulator
+    time it arrived.
+    """
 
     endpoint: Endpoint
     merchant: _Merchant
     inner: dict[str, Any]
     action: Action | None
     rule: FaultRule | None
+    timestamp: float
+    received_at: dt.datetime
 
     @property
     def delay(self) -> float:
         return self.rule.seconds if self.rule and self.rule.fault is Fault.DELAY else 0.0
+
+
+@attrs.frozen(eq=False)
+class _Landing:
+    """A DoAction in flight (``Fault.LATE_APPLY``): it lands at ``at``; ``seq`` breaks ties."""
+
+    seq: int
+    at: dt.datetime
+    got: _Received
+
+    def view(self) -> Landing:
+        inner = self.got.inner
+        amount = inner.get("TotalAmount")
+        return Landing(
+            at=self.at,
+            received_at=self.got.received_at,
+            timestamp=dt.datetime.fromtimestamp(self.got.timestamp, dt.UTC),
+            merchant_id=echo(inner.get("MerchantID")) or self.got.merchant.merchant_id,
+            merchant_trade_no=echo(inner.get("MerchantTradeNo")) or None,
+            action=self.got.action,
+            amount=amount if isinstance(amount, int) and not isinstance(amount, bool) else None,
+            request=types.MappingProxyType(inner),
+        )
 
 
 @attrs.frozen
@@ -107,7 +145,9 @@ class Emulator:
     It keeps merchants and orders, a clock that only tests move (:meth:`advance`,
     :meth:`set_time`; the 20:15 Asia/Taipei batch and the day rules R6/R7 happen as it passes
     them), enforces every rule of spec section 7 with its own code, answers in ECPay's envelope
-    and shapes, logs every event, and injects faults on demand (:attr:`faults`). Thread-safe.
+    and shapes, logs every event (:meth:`applied_do_actions` counts the money movements), and
+    injects faults on demand (:attr:`faults`), among them DoActions that land after the client
+    gave up (:meth:`pending_landings`) and CreditDetail answers from older data. Thread-safe.
 
     >>> import datetime as dt, httpx
     >>> from ecpay_lifecycle.emulator import Emulator
@@ -146,6 +186,8 @@ class Emulator:
         self._events: collections.deque[Event] = collections.deque(maxlen=max_events)
         self._seq = 0
         self._ledger = Ledger(now, settings, self._record)
+        self._landings: list[_Landing] = []
+        self._landing_seq = itertools.count(1)
         self.faults = Faults(self._lock)
 
     def __repr__(self) -> str:
@@ -176,9 +218,10 @@ class Emulator:
     def advance(self, delta: dt.timedelta) -> dt.datetime:
         """Move the clock forward by ``delta`` and return the new time.
 
-        Every 20:15 Asia/Taipei batch crossed runs once, in order (R5), and the R7 day rules of
-        auto-close-off merchants happen when their moment passes. A negative ``delta`` raises
-        :class:`InvalidArgument` and changes nothing.
+        Every 20:15 Asia/Taipei batch crossed runs once, in order (R5), the R7 day rules of
+        auto-close-off merchants happen when their moment passes, and DoActions in flight
+        (:meth:`pending_landings`) land at theirs, interleaved in time order. A negative
+        ``delta`` raises :class:`InvalidArgument` and changes nothing.
         """
         if not isinstance(delta, dt.timedelta):
             raise InvalidArgumentType(f"delta must be a timedelta, not {type(delta).__name__}")
@@ -187,13 +230,20 @@ class Emulator:
                 target = self._ledger.now + delta
             except OverflowError as exc:
                 raise InvalidArgument(f"advancing by {delta} leaves the calendar") from exc
-            self._ledger.move_to(target)
+            self._move(target)
             return self._ledger.now
 
     def set_time(self, when: dt.datetime) -> None:
         """Move the clock forward to ``when`` (aware); like :meth:`advance`. Never backwards."""
         with self._lock:
-            self._ledger.move_to(when)
+            self._move(when)
+
+    def _move(self, when: dt.datetime) -> None:
+        check_aware(when, field="when")
+        due = [landing for landing in self._queued() if landing.at <= when]
+        self._ledger.move_to(
+            when, [(landing.at, functools.partial(self._land, landing)) for landing in due]
+        )
 
     def next_batch(self) -> dt.datetime:
         """The next daily batch instant after the clock (20:15 Asia/Taipei by default, R5)."""
@@ -298,6 +348,39 @@ class Emulator:
         with self._lock:
             self._events.clear()
 
+    def applied_do_actions(
+        self, merchant_id: str | None = None, merchant_trade_no: str | None = None
+    ) -> tuple[Event, ...]:
+        """The DoActions that changed an order (REQUEST events with ``applied``), oldest first,
+        of one merchant and/or order: how tests count money movements, late landings included.
+
+        Counts what the event log still holds (see ``max_events``).
+        """
+        for name, value in (("merchant_id", merchant_id), ("merchant_trade_no", merchant_trade_no)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidArgumentType(f"{name} must be a str or None, not {value!r}")
+        with self._lock:
+            return tuple(
+                event
+                for event in self._events
+                if event.kind is EventKind.REQUEST
+                and event.endpoint is Endpoint.DO_ACTION
+                and event.applied
+                and (merchant_id is None or event.merchant_id == merchant_id)
+                and (merchant_trade_no is None or event.merchant_trade_no == merchant_trade_no)
+            )
+
+    def pending_landings(self) -> tuple[Landing, ...]:
+        """The DoActions ``Fault.LATE_APPLY`` let in that have not landed yet, in landing order.
+
+        ``faults.clear()`` does not recall them: like ECPay, the emulator has them already.
+        """
+        with self._lock:
+            return tuple(landing.view() for landing in self._queued())
+
+    def _queued(self) -> list[_Landing]:
+        return sorted(self._landings, key=lambda landing: (landing.at, landing.seq))
+
     def _record(self, kind: EventKind, at: dt.datetime, **fields: Any) -> None:
         self._seq += 1
         self._events.append(Event(seq=self._seq, at=at, kind=kind, **fields))
@@ -344,21 +427,43 @@ class Emulator:
         if method.upper() != "POST":
             return _Reply(405, b"Method Not Allowed", _TEXT)
         with self._lock:
+            # A request arriving at or after a landing's moment finds it landed (R22's fence).
+            for landing in self._queued():
+                if landing.at <= self._ledger.now:
+                    self._land(landing)
             envelope = read_envelope(body)
             if isinstance(envelope, EnvelopeProblem):
-                return self._reject(endpoint, envelope.merchant_id, envelope.message)
+                return self._reject(
+                    endpoint,
+                    envelope.merchant_id,
+                    envelope.message,
+                    trans_code=envelope.trans_code,
+                    trans_msg=envelope.trans_msg,
+                )
             merchant = self._ledger.merchants.get(envelope.merchant_id)
             if merchant is None:
                 return self._reject(endpoint, envelope.merchant_id, "MerchantID is not registered")
             now = self._ledger.now.timestamp()
             if abs(now - envelope.timestamp) > self.settings.timestamp_tolerance.total_seconds():
+                code, text = STALE_TIMESTAMP
                 return self._reject(
-                    endpoint, envelope.merchant_id, "Timestamp is outside 10 minutes (R20)"
+                    endpoint,
+                    envelope.merchant_id,
+                    "Timestamp is outside 10 minutes (R20)",
+                    trans_code=code,
+                    trans_msg=text,
                 )
             try:
                 inner = merchant.codec.decrypt(envelope.data)
             except CodecError:
-                return self._reject(endpoint, envelope.merchant_id, "Data does not decrypt (R1)")
+                code, text = DECRYPT_FAIL
+                return self._reject(
+                    endpoint,
+                    envelope.merchant_id,
+                    "Data does not decrypt (R1)",
+                    trans_code=code,
+                    trans_msg=text,
+                )
             platform = inner.get("PlatformID")
             if platform not in (None, "") and platform != envelope.merchant_id:
                 return self._reject(
@@ -368,8 +473,11 @@ class Emulator:
                     inner,
                 )
             action = _action(inner.get("Action")) if endpoint is Endpoint.DO_ACTION else None
-            rule = self.faults.take(endpoint, action)
-            return _Received(endpoint, merchant, inner, action, rule)
+            number = echo(inner.get("MerchantTradeNo")) or None
+            rule = self.faults.take(endpoint, action, number)
+            return _Received(
+                endpoint, merchant, inner, action, rule, envelope.timestamp, self._ledger.now
+            )
 
     def _reject(
         self,
@@ -377,9 +485,16 @@ class Emulator:
         merchant_id: str,
         message: str,
         inner: dict[str, Any] | None = None,
+        *,
+        trans_code: int | None = None,
+        trans_msg: str | None = None,
     ) -> _Reply:
-        """A bad envelope: TransCode != 1, nothing processed, nothing changed (spec 2)."""
-        code = self.settings.bad_envelope_trans_code
+        """A bad envelope: TransCode != 1, nothing processed, nothing changed (spec 2).
+
+        ``trans_code`` / ``trans_msg``: ECPay's own answer where observed (110, 104); otherwise
+        the settings' bad-envelope code and ``message``.
+        """
+        code = self.settings.bad_envelope_trans_code if trans_code is None else trans_code
         self._record(
             EventKind.REQUEST,
             self._ledger.now,
@@ -389,7 +504,7 @@ class Emulator:
             trans_code=code,
             note=f"bad envelope: {message}",
         )
-        return _Reply(200, _dumps(self._outer(merchant_id, code, message, "")))
+        return _Reply(200, _dumps(self._outer(merchant_id, code, trans_msg or message, "")))
 
     def _outer(self, merchant_id: str, code: int, message: str, data: str) -> dict[str, Any]:
         return {
@@ -405,27 +520,66 @@ class Emulator:
         with self._lock:
             fault = got.rule.fault if got.rule else None
             outcome: _Outcome | None = None
+            note = ""
             if fault is None or fault.applies_change:
                 outcome = self._dispatch(got)
+            elif fault is Fault.LATE_APPLY:
+                note = self._queue_landing(got)
             reply = self._deliver(got, outcome)
-            self._record(
-                EventKind.REQUEST,
-                self._ledger.now,
-                merchant_id=echo(got.inner.get("MerchantID")) or got.merchant.merchant_id,
-                merchant_trade_no=(outcome.merchant_trade_no if outcome else None)
-                or (echo(got.inner.get("MerchantTradeNo")) or None),
-                endpoint=got.endpoint,
-                action=got.action,
-                amount=outcome.amount if outcome else None,
-                request=types.MappingProxyType(got.inner),
-                applied=bool(outcome and outcome.applied),
-                reply=types.MappingProxyType(outcome.reply) if outcome else None,
-                trans_code=1 if outcome else _trans_code_of(reply),
-                rtn_code=_rtn_code(outcome.reply) if outcome else None,
-                refusal=outcome.refusal if outcome else None,
-                fault=fault,
-            )
+            trans_code = 1 if outcome else _trans_code_of(reply)
+            self._record_request(got, outcome, fault, trans_code, note)
             return reply
+
+    def _record_request(
+        self,
+        got: _Received,
+        outcome: _Outcome | None,
+        fault: Fault | None,
+        trans_code: int | None,
+        note: str = "",
+    ) -> None:
+        self._record(
+            EventKind.REQUEST,
+            self._ledger.now,
+            merchant_id=echo(got.inner.get("MerchantID")) or got.merchant.merchant_id,
+            merchant_trade_no=(outcome.merchant_trade_no if outcome else None)
+            or (echo(got.inner.get("MerchantTradeNo")) or None),
+            endpoint=got.endpoint,
+            action=got.action,
+            amount=outcome.amount if outcome else None,
+            request=types.MappingProxyType(got.inner),
+            applied=bool(outcome and outcome.applied),
+            reply=types.MappingProxyType(outcome.reply) if outcome else None,
+            trans_code=trans_code,
+            rtn_code=_rtn_code(outcome.reply) if outcome else None,
+            refusal=outcome.refusal if outcome else None,
+            fault=fault,
+            note=note,
+        )
+
+    def _queue_landing(self, got: _Received) -> str:
+        """LATE_APPLY: ECPay has the DoAction; it lands ``land_after`` from now (spec 9)."""
+        assert got.rule is not None  # only LATE_APPLY queues
+        try:
+            at = got.received_at + got.rule.land_after
+        except OverflowError:
+            at = _NEVER
+        self._landings.append(_Landing(next(self._landing_seq), at, got))
+        return f"in flight: lands at {at.isoformat()}"
+
+    def _land(self, landing: _Landing) -> None:
+        """A DoAction in flight lands now: R20 refuses it if its Timestamp has grown too old,
+        otherwise it is processed like any DoAction at this moment (rules checked now)."""
+        self._landings.remove(landing)
+        got = landing.got
+        came = f"landed late (received {got.received_at.isoformat()})"
+        age = self._ledger.now.timestamp() - got.timestamp
+        if age > self.settings.timestamp_tolerance.total_seconds():
+            code, text = STALE_TIMESTAMP
+            note = f"{came}: {text}, refused (R20)"
+            self._record_request(got, None, Fault.LATE_APPLY, code, note)
+            return
+        self._record_request(got, self._dispatch(got), Fault.LATE_APPLY, 1, came)
 
     def _deliver(self, got: _Received, outcome: _Outcome | None) -> _Reply:
         """Wrap the inner reply in the envelope, or let the armed fault spoil it."""
@@ -461,7 +615,7 @@ class Emulator:
             return _Reply(
                 504, b"Gateway Timeout", _TEXT, failure=_Failure.CONNECT_TIMEOUT, hang=rule.seconds
             )
-        if fault is Fault.READ_TIMEOUT_BEFORE_APPLY:
+        if fault in (Fault.READ_TIMEOUT_BEFORE_APPLY, Fault.LATE_APPLY):
             return _Reply(
                 504, b"Gateway Timeout", _TEXT, failure=_Failure.READ_TIMEOUT, hang=rule.seconds
             )
@@ -537,11 +691,14 @@ class Emulator:
         return _Outcome(reply, applied=True, merchant_trade_no=number, amount=amount)
 
     def _credit_detail(self, got: _Received) -> _Outcome:
-        """CreditDetail/QueryTrade (spec 4): the order's status, ClsAmt and close rows."""
+        """CreditDetail/QueryTrade (spec 4): the order's status, ClsAmt and close rows, as they
+        were ``credit_detail_lag`` ago and, under STALE_QUERY, some writes before that."""
         found = self._lookup(got, need_trade_no=False)
         if isinstance(found, Refusal):
             return self._refuse(found, {})
-        view = self._ledger.view(found)
+        rule = got.rule
+        writes_back = rule.writes if rule is not None and rule.fault is Fault.STALE_QUERY else 0
+        view = self._ledger.credit_detail_view(found, writes_back=writes_back)
         reply = credit_detail_reply(view, self.settings.credit_detail_flavour)
         return _Outcome(reply, merchant_trade_no=view.merchant_trade_no)
 

@@ -1,8 +1,9 @@
 """The emulator's event log: what was asked, what changed, what was answered, and when.
 
-Every request, every batch and every day rule (R5-R7) leaves one :class:`Event`. Events hold the
-decrypted inner request and reply (which carry order numbers and amounts, never a HashKey or
-HashIV) and never the encrypted ``Data`` itself.
+Every request, every late landing, every batch and every day rule (R5-R7) leaves one
+:class:`Event`. Events hold the decrypted inner request and reply (which carry order numbers and
+amounts, never a HashKey or HashIV) and never the encrypted ``Data`` itself. A :class:`Landing`
+is a DoAction still in flight (``Fault.LATE_APPLY``): it becomes an event when it lands.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from ecpay_lifecycle._models import Action
 from ._faults import Endpoint, Fault
 from ._settings import Refusal
 
-__all__ = ["Event", "EventKind"]
+__all__ = ["Event", "EventKind", "Landing"]
 
 
 class EventKind(enum.StrEnum):
     """What an :class:`Event` records."""
 
-    #: A request to one of the three endpoints (answered, refused, rejected or faulted).
+    #: A request to one of the three endpoints (answered, refused, rejected or faulted), or a
+    #: DoAction landing late (``fault`` is ``Fault.LATE_APPLY``; ``note`` says when it came in).
     REQUEST = "request"
     #: A test set-up call: merchant added, order authorized, balance or status set.
     SETUP = "setup"
@@ -50,7 +52,7 @@ class Event:
     (None when the envelope could not be read), whether a change was ``applied``, the inner
     ``reply`` the emulator built (also when a fault then hid it), ``trans_code``, ``rtn_code``,
     the ``refusal`` reason if refused, and the ``fault`` that fired if any. ``note`` explains
-    a rejected envelope or a day rule in words.
+    a rejected envelope, a late landing or a day rule in words.
     """
 
     seq: int
@@ -88,3 +90,24 @@ class Event:
         if self.note:
             parts.append(self.note)
         return " ".join(parts)
+
+
+@attrs.frozen(kw_only=True)
+class Landing:
+    """A DoAction that ``Fault.LATE_APPLY`` let in: in flight inside the emulated ECPay.
+
+    It lands at ``at`` (emulator time: ``received_at`` plus the rule's ``land_after``) when the
+    clock reaches that moment or a request arrives then. If ``at`` is more than
+    ``EmulatorSettings.timestamp_tolerance`` after ``timestamp`` (its ``RqHeader.Timestamp``,
+    aware, UTC) R20 refuses it; otherwise it is processed like any DoAction at ``at``.
+    ``request`` is the decrypted inner request; ``amount`` its ``TotalAmount`` when a number.
+    """
+
+    at: dt.datetime
+    received_at: dt.datetime
+    timestamp: dt.datetime
+    merchant_id: str
+    merchant_trade_no: str | None
+    action: Action | None
+    amount: int | None
+    request: Mapping[str, Any] = attrs.field(hash=False)

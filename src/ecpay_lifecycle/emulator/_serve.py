@@ -237,7 +237,13 @@ def load_seed(path: pathlib.Path) -> Mapping[str, Any]:
     return data
 
 
-_DURATIONS = {"close_limit", "notice_after", "abandon_after", "timestamp_tolerance"}
+_DURATIONS = {
+    "close_limit",
+    "notice_after",
+    "abandon_after",
+    "timestamp_tolerance",
+    "credit_detail_lag",
+}
 _TIMES = {"batch_time", "batch_window_end"}
 
 

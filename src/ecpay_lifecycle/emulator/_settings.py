@@ -136,6 +136,13 @@ def _positive_delta(_inst: object, attribute: attrs.Attribute[Any], value: objec
         raise InvalidArgument(f"{attribute.name} must be positive, got {value}")
 
 
+def _non_negative_delta(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, dt.timedelta):
+        raise InvalidArgumentType(f"{attribute.name} must be a timedelta")
+    if value < dt.timedelta(0):
+        raise InvalidArgument(f"{attribute.name} must be >= 0, got {value}")
+
+
 def _wall_time(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, dt.time) or value.tzinfo is not None:
         raise InvalidArgumentType(f"{attribute.name} must be a naive datetime.time (Taipei)")
@@ -179,9 +186,11 @@ class EmulatorSettings:
     Attributes:
         refusals: [HOUSE] ``Refusal -> RefusalReply``: the RtnCode and RtnMsg answered for each
             refused action. A partial mapping is laid over :data:`DEFAULT_REFUSALS`.
-        bad_envelope_trans_code: [HOUSE] the ``TransCode`` of a reply to a bad envelope (not JSON,
-            missing fields, unknown MerchantID, stale Timestamp, Data that does not decrypt,
-            PlatformID mismatch). ECPay documents only that it is not 1. Default 999.
+        bad_envelope_trans_code: [HOUSE] the ``TransCode`` of a reply to a bad envelope whose
+            code ECPay was not seen to answer (not JSON, missing fields, unknown MerchantID,
+            PlatformID mismatch). ECPay documents only that it is not 1. Default 999. A
+            ``Data`` that does not decrypt always answers 110 and a Timestamp outside
+            ``timestamp_tolerance`` 104, as ECPay does [OBS].
         success_message: [HOUSE] ``RtnMsg`` of a successful DoAction ("Success"); ECPay spells
             success several ways, so a client must not read it (spec section 2).
         stack_pending_refunds: [HOUSE] whether a second R is accepted while an earlier one waits
@@ -217,7 +226,13 @@ class EmulatorSettings:
             a pending refund gives it back). R16's check runs either way.
         credit_detail_flavour: [HOUSE] CreditDetail replies as JSON (default) or AIO (spec 4).
         timestamp_tolerance: R20 [DOC]: a request Timestamp more than this far from the
-            emulator's clock, either way, is a bad envelope. Default 10 minutes.
+            emulator's clock, either way, is a bad envelope (TransCode 104), and a late-landing
+            DoAction (``Fault.LATE_APPLY``) whose Timestamp is older than this when it lands is
+            refused. Default 10 minutes.
+        credit_detail_lag: [HOUSE] CreditDetail answers from the order as it was this long ago
+            in emulator time (spec 9: a query "served from data ... behind"): the latest view
+            whose change time is at most ``now - lag``, or the oldest kept view. Default 0: the
+            current state.
     """
 
     refusals: Mapping[Refusal, RefusalReply] = attrs.field(
@@ -255,6 +270,9 @@ class EmulatorSettings:
     )
     timestamp_tolerance: dt.timedelta = attrs.field(
         default=dt.timedelta(minutes=10), validator=_positive_delta
+    )
+    credit_detail_lag: dt.timedelta = attrs.field(
+        default=dt.timedelta(0), validator=_non_negative_delta
     )
 
     def __attrs_post_init__(self) -> None:

@@ -9,9 +9,10 @@ lock around every call.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -32,11 +33,15 @@ from ecpay_lifecycle._models import (
 from ._events import EventKind
 from ._settings import EmulatorSettings, Refusal
 
-__all__ = ["TAIPEI", "CloseRowView", "Ledger", "OrderView"]
+__all__ = ["HISTORY", "TAIPEI", "CloseRowView", "Ledger", "OrderView"]
 
 #: Asia/Taipei as a fixed UTC+8 offset (no DST since 1979). Defined here rather than imported
 #: from ``_rules`` so that the emulator's rules stay independent of the library's.
 TAIPEI = dt.timezone(dt.timedelta(hours=8), "Asia/Taipei")
+
+#: How many CreditDetail views (one per write) each order keeps for ``Fault.STALE_QUERY`` and
+#: ``EmulatorSettings.credit_detail_lag``; asking further back shows the oldest one kept.
+HISTORY = 16
 
 #: Statuses in which the card hold is live and nothing is closed: C and N apply (R15).
 _HOLDING = frozenset({GatewayStatus.AUTHORIZED, GatewayStatus.OPERATION_CANCELED})
@@ -122,6 +127,10 @@ class _Order:
     capture_settled: bool = False
     rows: list[CloseRowView] = attrs.Factory(list)
     refunds: list[_Refund] = attrs.Factory(list)
+    #: ``(changed_at, view)`` after each write: each change of what CreditDetail shows.
+    history: collections.deque[tuple[dt.datetime, OrderView]] = attrs.Factory(
+        lambda: collections.deque(maxlen=HISTORY)
+    )
 
     def pending(self) -> int:
         return sum(r.amount for r in self.refunds if not r.settled)
@@ -225,6 +234,7 @@ class Ledger:
             order.net = total
             if order.status is GatewayStatus.CAPTURED:
                 self._settle_capture(order, when)
+        self._wrote(order, when)
         self.orders[(merchant.merchant_id, number)] = order
         self._record(
             EventKind.SETUP,
@@ -291,6 +301,7 @@ class Ledger:
                 merchant_trade_no=order.merchant_trade_no,
             )
         order.status = status
+        self._wrote(order, self.now)
         self._record(
             EventKind.SETUP,
             self.now,
@@ -326,6 +337,31 @@ class Ledger:
             auto_close=order.merchant.auto_close,
         )
 
+    def credit_detail_view(self, order: _Order, *, writes_back: int = 0) -> OrderView:
+        """What CreditDetail shows of ``order``: as it was ``credit_detail_lag`` ago (the latest
+        write at or before ``now - lag``), then ``writes_back`` writes further back
+        (``Fault.STALE_QUERY``). Past the kept history: the oldest view kept."""
+        lag = self.settings.credit_detail_lag
+        if not lag and not writes_back:
+            return self.view(order)
+        history = order.history
+        index = len(history) - 1
+        if lag:
+            try:
+                cutoff = self.now - lag
+            except OverflowError:  # a lag reaching before year 1: nothing is that old
+                index = 0
+            else:
+                index = max((i for i, (at, _view) in enumerate(history) if at <= cutoff), default=0)
+        return history[max(0, index - writes_back)][1]
+
+    def _wrote(self, order: _Order, at: dt.datetime) -> None:
+        """Keep the view CreditDetail shows after a change at ``at``, if it did change."""
+        view = self.view(order)
+        if order.history and _shown(order.history[-1][1]) == _shown(view):
+            return
+        order.history.append((at, view))
+
     def snapshot(self, order: _Order) -> OrderSnapshot:
         """The truth about ``order`` as the library models it (for differential tests)."""
         closed = self.shown_closed_amount(order)
@@ -343,14 +379,31 @@ class Ledger:
 
     # -- the clock ---------------------------------------------------------------------------
 
-    def move_to(self, when: dt.datetime) -> None:
-        """Move the clock forward to ``when``, running every batch and day rule on the way."""
+    def move_to(
+        self,
+        when: dt.datetime,
+        stops: Sequence[tuple[dt.datetime, Callable[[], None]]] = (),
+    ) -> None:
+        """Move the clock forward to ``when``, running every batch and day rule on the way.
+
+        ``stops`` (in time order, each in ``[now, when]``) run with the clock at their moment,
+        after everything that happens up to it, exactly as a request arriving then would see the
+        ledger (late landings). Nothing changes when the move is invalid.
+        """
         check_aware(when, field="when")
         if when < self.now:
             raise InvalidArgument(
                 f"the emulator's clock never goes back: {when.isoformat()} is before "
                 f"{self.now.isoformat()}"
             )
+        if stops:
+            self._schedule(self.now, when, None)  # raises before anything changes
+        for at, stop in stops:
+            self._run_to(at)
+            stop()
+        self._run_to(when)
+
+    def _run_to(self, when: dt.datetime) -> None:
         happenings = self._schedule(self.now, when, None)
         self.now = when
         for happen in happenings:
@@ -418,6 +471,7 @@ class Ledger:
         if order.status in _HOLDING:
             order.status = GatewayStatus.CANCELED
             order.net = 0
+            self._wrote(order, at)
             self._record(
                 EventKind.EXPIRE,
                 at,
@@ -438,6 +492,7 @@ class Ledger:
             ):
                 order.status = GatewayStatus.TO_BE_CAPTURED
                 order.net = order.amount
+                self._wrote(order, at)
                 self._record(
                     EventKind.AUTO_CLOSE,
                     at,
@@ -459,6 +514,7 @@ class Ledger:
         for refund in order.refunds:
             refund.settled = True
         order.status = GatewayStatus.CAPTURED
+        self._wrote(order, at)
         self._record(
             EventKind.SETTLE,
             at,
@@ -496,6 +552,7 @@ class Ledger:
         refusal = check(self, order, amount)
         if refusal is None:
             _APPLY[action](self, order, amount)
+            self._wrote(order, self.now)
         return refusal
 
     def _check_close(self, order: _Order, amount: int) -> Refusal | None:
@@ -587,6 +644,11 @@ class Ledger:
     def _apply_abandon(self, order: _Order, _amount: int) -> None:
         order.status = GatewayStatus.CANCELED
         order.net = 0
+
+
+def _shown(view: OrderView) -> tuple[GatewayStatus, int, tuple[CloseRowView, ...]]:
+    """What CreditDetail shows that can change: a difference here is a write."""
+    return view.status, view.closed_amount, view.close_rows
 
 
 def _bind(fn: Callable[..., None], *args: Any) -> Callable[[], None]:

@@ -24,6 +24,8 @@ from ._settings import ReplyFlavour
 from ._state import TAIPEI, OrderView
 
 __all__ = [
+    "DECRYPT_FAIL",
+    "STALE_TIMESTAMP",
     "Envelope",
     "EnvelopeProblem",
     "aio_time",
@@ -34,6 +36,12 @@ __all__ = [
     "query_trade_reply",
     "read_envelope",
 ]
+
+#: ECPay's ``(TransCode, TransMsg)`` for a ``Data`` it cannot decrypt (wrong HashKey/HashIV),
+#: as observed [OBS] (spec section 2).
+DECRYPT_FAIL = (110, "The parameter [Data] decrypt fail.")
+#: ECPay's ``(TransCode, TransMsg)`` for a Timestamp outside the 10 minutes (R20), as observed.
+STALE_TIMESTAMP = (104, "Timestamp is over 10 minutes")
 
 #: Beyond this many seconds a Timestamp cannot be within any tolerance and is not compared as a
 #: float (a huge JSON integer would overflow the conversion).
@@ -51,10 +59,16 @@ class Envelope:
 
 @attrs.frozen
 class EnvelopeProblem:
-    """Why an envelope is bad; ``merchant_id`` is echoed in the reply when it was a string."""
+    """Why an envelope is bad; ``merchant_id`` is echoed in the reply when it was a string.
+
+    ``trans_code`` and ``trans_msg`` are ECPay's own answer when it is known [OBS]; otherwise
+    the reply carries the settings' bad-envelope code and ``message``.
+    """
 
     message: str
     merchant_id: str = ""
+    trans_code: int | None = None
+    trans_msg: str | None = None
 
 
 def _reject_constant(name: str) -> Any:
@@ -80,7 +94,8 @@ def read_envelope(body: bytes) -> Envelope | EnvelopeProblem:
     if isinstance(stamp, bool) or not isinstance(stamp, int | float):
         return EnvelopeProblem("RqHeader.Timestamp is missing or not a number", merchant_id)
     if abs(stamp) > _TIMESTAMP_SANITY or not math.isfinite(stamp):
-        return EnvelopeProblem("RqHeader.Timestamp is out of range (R20)", merchant_id)
+        code, text = STALE_TIMESTAMP
+        return EnvelopeProblem("RqHeader.Timestamp is out of range (R20)", merchant_id, code, text)
     data = outer.get("Data")
     if not isinstance(data, str) or not data:
         return EnvelopeProblem("Data is missing or not a string", merchant_id)

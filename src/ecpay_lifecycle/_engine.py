@@ -1,0 +1,1313 @@
+"""The spec-9 engine: claim, plan, attempt and resolve money movements without moving money twice.
+
+No I/O of its own (style habit 3). Every decision both clients share lives here as *flows*:
+generators that yield a :class:`~._protocol.WireRequest` and are sent back the reply's status and
+bytes, or have the httpx exception thrown in. The shells (``_client.py``) keep the HTTP
+configuration, run the flows and hold the journal's order lock around them.
+
+A money-moving call meets, in order (spec section 9):
+
+1. Its idempotency identity (key and canonical request) is fixed before anything is sent.
+2. R23, one owner per operation: :meth:`Engine.open` claims the key in the journal. A recorded
+   success replays (nothing sent); another live owner gives :class:`OperationInProgress`; a lapsed
+   owner's record is taken over.
+3. Under the order's lock (the journal's :class:`~._locks.OrderLocks`): the operation's own open
+   attempt is resolved first by R22; another operation's open attempt refuses with
+   :class:`OrderLocked`.
+4. Query first (R4), plan (spec 8), then per step: record ``SENDING`` (with its fence), send.
+   R21: an intact accepted reply is proof; the step is done and no query overrules it. A step
+   after it is planned from a fresh query.
+5. R22: a lost or doubtful reply is settled by a query: reached -> done; anything else ->
+   :class:`OutcomeUnknown` until the fence (``Timestamp + 600 s + margin + measured skew``, and
+   the first batch after it where the step's effect may only show then). Only a query taken
+   after the fence proves "not done"; then the same key sends the step once more.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import logging
+import math
+import os
+import socket
+import uuid
+from collections.abc import Callable, Generator, Mapping
+from typing import Any, Final, TypeVar
+
+import attrs
+import httpx
+
+from . import _planner, _rules
+from ._exceptions import (
+    ClockOutOfSync,
+    CodecError,
+    ConfigurationError,
+    EcpayError,
+    EnvelopeRejected,
+    GatewayRefused,
+    InvalidArgument,
+    InvalidArgumentType,
+    OperationInProgress,
+    OrderLocked,
+    OutcomeUnknown,
+    PlanInterrupted,
+    ProtocolError,
+    RateLimited,
+    RuleViolation,
+    ServiceNotEnabled,
+    TransportError,
+    WrongCredentials,
+)
+from ._journal import (
+    AttemptRecord,
+    AttemptStatus,
+    ClaimStatus,
+    InMemoryJournal,
+    Journal,
+    OperationRecord,
+    OperationStatus,
+)
+from ._models import (
+    Action,
+    Intent,
+    OrderSnapshot,
+    PaymentKind,
+    Plan,
+    State,
+    Step,
+    check_amount,
+    check_aware,
+    check_order_number,
+)
+from ._outcome import Outcome, Reconciliation, Resolution, StepResult, Verdict, judge
+from ._protocol import (
+    Credentials,
+    DoActionReply,
+    WireRequest,
+    build_cashier_query,
+    build_credit_detail,
+    build_do_action,
+    is_stage,
+    open_reply_stamped,
+    parse_cashier_query,
+    parse_credit_detail,
+    parse_do_action,
+    snapshot_from,
+)
+
+__all__ = ["DEFAULT_FENCE_MARGIN", "DEFAULT_LEASE", "Call", "Engine", "Flow", "Reply", "Run"]
+
+_log = logging.getLogger("ecpay_lifecycle")
+
+#: R22: added to ECPay's 10-minute Timestamp window before "unchanged" proves "not done". It
+#: covers clock skew not yet measured and ECPay's own processing time.
+DEFAULT_FENCE_MARGIN: Final = dt.timedelta(seconds=300)
+#: R23: how long an owner's claim on an operation lasts without a save. Each save renews it; it
+#: only has to outlast one HTTP call, and a dead owner's operation is taken over after it.
+DEFAULT_LEASE: Final = dt.timedelta(minutes=2)
+
+_KEY_MAX: Final = 255
+_WINDOW: Final = _rules.TIMESTAMP_TOLERANCE
+
+# Failures after which the request provably never reached ECPay: no connection was made.
+_NOT_SENT: Final = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+)
+# TransCodes ECPay answers before processing anything: the attempt is provably not done.
+_REJECTED_UNPROCESSED: Final = (WrongCredentials, ClockOutOfSync, ServiceNotEnabled)
+
+_T = TypeVar("_T")
+_owners = itertools.count(1)
+
+
+@attrs.frozen
+class Reply:
+    """What a shell hands back to a flow: the HTTP status and the body bytes."""
+
+    status_code: int
+    content: bytes
+
+
+#: A flow yields requests, is sent replies (or has httpx errors thrown in) and returns a value.
+Flow = Generator[WireRequest, Reply, _T]
+
+
+@attrs.frozen
+class Call:
+    """One money-moving call with its idempotency identity fixed (style habit 8).
+
+    ``trade_no`` and ``kind`` are what the caller already knows of the order (they save the
+    Cashier query); they are hints, not part of the request's identity.
+    """
+
+    intent: Intent
+    merchant_trade_no: str
+    amount: int | None
+    capture_first: bool
+    key: str
+    caller_key: bool
+    trade_no: str | None = None
+    kind: PaymentKind | None = None
+
+    @property
+    def request(self) -> str:
+        """Canonical text of the parameters: the same key with another request is refused."""
+        amount = "all" if self.amount is None else str(self.amount)
+        if self.intent is Intent.REFUND:
+            return f"refund amount={amount} capture_first={self.capture_first}"
+        return str(self.intent)
+
+
+class Run:
+    """The journal record of an operation this worker owns (or resolves); every change is one
+    conditional save (R23), which also renews the owner's lease."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        record: OperationRecord,
+        *,
+        owner: str | None,
+        now: Callable[[], dt.datetime],
+        lease: dt.timedelta,
+    ) -> None:
+        self._journal = journal
+        self._now = now
+        self._lease = lease
+        self.owner = owner
+        self.record = record
+
+    def save(self, **changes: Any) -> None:
+        now = self._now()
+        if self.owner is not None and "owner" not in changes:
+            changes["lease_until"] = now + self._lease
+        self.record = self._journal.save(attrs.evolve(self.record, updated_at=now, **changes))
+
+    def sending(self, attempt: AttemptRecord) -> None:
+        self.save(attempts=(*self.record.attempts, attempt), status=OperationStatus.RUNNING)
+
+    def note(self, text: str) -> None:
+        self.save(notes=(*self.record.notes, text))
+
+    def resolve(
+        self,
+        status: AttemptStatus,
+        *,
+        observed: OrderSnapshot | None = None,
+        rtn_code: int | str | None = None,
+        rtn_msg: str = "",
+        note: str = "",
+    ) -> None:
+        """Record how the last attempt ended, and with it the operation's status, in one save."""
+        last = attrs.evolve(
+            self.record.attempts[-1], status=status, rtn_code=rtn_code, rtn_msg=rtn_msg, note=note
+        )
+        attempts = (*self.record.attempts[:-1], last)
+        plan = self.record.plan
+        final_step = plan is None or last.index == len(plan.steps) - 1
+        if status is AttemptStatus.DONE and final_step:
+            self.save(attempts=attempts, status=OperationStatus.SUCCEEDED, final=observed)
+        elif status is AttemptStatus.DONE:
+            self.save(attempts=attempts, status=OperationStatus.RUNNING)
+        elif status is AttemptStatus.UNKNOWN:
+            self.save(attempts=attempts, status=OperationStatus.UNKNOWN)
+        else:
+            self.save(attempts=attempts, status=OperationStatus.STOPPED)
+
+    def release(self) -> None:
+        """Give up ownership: an open attempt leaves the operation UNKNOWN (it keeps the order
+        locked), one that ended early STOPPED (the same key resumes it)."""
+        record = self.record
+        if self.owner is None or record.owner != self.owner:
+            return
+        status = record.status
+        if record.open_attempt is not None:
+            status = OperationStatus.UNKNOWN
+        elif status is OperationStatus.RUNNING:
+            status = OperationStatus.STOPPED
+        self.save(status=status, owner=None, lease_until=None)
+
+
+def _system_clock() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _seconds(value: object, field: str) -> dt.timedelta:
+    """A non-negative duration given as seconds or a timedelta."""
+    if isinstance(value, dt.timedelta):
+        duration = value
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgumentType(
+            f"{field} must be seconds (a number) or a timedelta, not {type(value).__name__}"
+        )
+    else:
+        if not math.isfinite(value):
+            raise InvalidArgument(f"{field} must be a finite number of seconds")
+        duration = dt.timedelta(seconds=value)
+    if duration < dt.timedelta(0):
+        raise InvalidArgument(f"{field} must not be negative")
+    return duration
+
+
+def check_key(key: object) -> str | None:
+    """An idempotency key: 1-255 printable characters, or None."""
+    if key is None:
+        return None
+    if not isinstance(key, str):
+        raise InvalidArgumentType(f"idempotency_key must be a str, not {type(key).__name__}")
+    if not 1 <= len(key) <= _KEY_MAX or not key.isprintable():
+        raise InvalidArgument(
+            f"idempotency_key must be 1-{_KEY_MAX} printable characters, got {key!r}"
+        )
+    return key
+
+
+def check_kind(kind: object) -> PaymentKind | None:
+    """A payment kind given as the enum or its value, or None."""
+    if kind is None or isinstance(kind, PaymentKind):
+        return kind
+    if isinstance(kind, str):
+        try:
+            return PaymentKind(kind)
+        except ValueError as exc:
+            raise InvalidArgument(
+                f"kind must be one of {', '.join(k.value for k in PaymentKind)}, got {kind!r}"
+            ) from exc
+    raise InvalidArgumentType(f"kind must be a PaymentKind, not {type(kind).__name__}")
+
+
+def check_action(action: object) -> Action:
+    """A DoAction letter given as the enum or C/R/E/N."""
+    if isinstance(action, Action):
+        return action
+    if isinstance(action, str):
+        try:
+            return Action(action)
+        except ValueError as exc:
+            raise InvalidArgument(f"action must be one of C, R, E, N, got {action!r}") from exc
+    raise InvalidArgumentType(f"action must be an Action, not {type(action).__name__}")
+
+
+def _shown(snapshot: OrderSnapshot | None) -> str:
+    if snapshot is None:
+        return "unknown"
+    return f"{snapshot.state}, closed {snapshot.closed_amount} TWD"
+
+
+def _heard(lost: BaseException | None) -> str:
+    """What the client heard back from a DoAction, for notes and messages."""
+    return "ECPay accepted it" if lost is None else f"the reply was lost ({type(lost).__name__})"
+
+
+def _code(value: object) -> int | str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return str(value)
+
+
+def _after(before: OrderSnapshot, step: Step) -> OrderSnapshot:
+    """The order as an accepted ``step`` leaves it (R21: the reply is proof of this)."""
+    return attrs.evolve(
+        before,
+        state=step.state_after,
+        closed_amount=step.closed_amount_after,
+        capture_settled=step.capture_settled_after,
+    )
+
+
+def outcome_of(record: OperationRecord, *, replayed: bool) -> Outcome:
+    """The :class:`Outcome` a succeeded operation's record describes."""
+    if record.intent is None or record.plan is None or record.before is None:
+        raise InvalidArgument(f"journal record {record.key!r} has no plan: it is not an outcome")
+    if record.final is None:
+        raise InvalidArgument(f"journal record {record.key!r} has no final snapshot")
+    done = tuple(
+        StepResult(
+            action=attempt.action,
+            amount=attempt.amount,
+            rtn_code=attempt.rtn_code,
+            rtn_msg=attempt.rtn_msg,
+            attempts=attempt.attempt,
+            recovered=attempt.rtn_code is None,
+        )
+        for attempt in record.attempts
+        if attempt.status is AttemptStatus.DONE
+    )
+    return Outcome(
+        intent=record.intent,
+        merchant_trade_no=record.merchant_trade_no,
+        plan=record.plan,
+        steps_done=done,
+        before=record.before,
+        final=record.final,
+        idempotency_key=record.key if record.caller_key else None,
+        replayed=replayed,
+        disagreements=record.notes,
+    )
+
+
+def _note_progress(exc: BaseException, record: OperationRecord) -> None:
+    """Tell the caller, on the error itself, which steps already took effect before it."""
+    done = [a for a in record.attempts if a.status is AttemptStatus.DONE]
+    if done:
+        steps = ", ".join(f"{a.action.value}({a.amount})" for a in done)
+        exc.add_note(f"already done under this operation: {steps}; query the order before acting")
+
+
+class Engine:
+    """Every decision the two clients share (spec section 9); no I/O of its own.
+
+    ``fence_margin`` (seconds or a timedelta, default 300 s) is added to ECPay's 10-minute
+    Timestamp window before a query showing no change proves a lost DoAction not done (R22);
+    the clock skew measured from replies widens it further. ``refund_visible_at_once`` says
+    whether this merchant's ``ClsAmt`` drops as soon as a refund on a pending close is accepted;
+    the cautious default (False) waits for the first batch after the fence. ``lease`` is how
+    long an owner holds an operation without saving (R23).
+    """
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        base_url: str,
+        clock: Callable[[], dt.datetime] | None,
+        journal: Journal | None,
+        fence_margin: float | dt.timedelta = DEFAULT_FENCE_MARGIN,
+        lease: float | dt.timedelta = DEFAULT_LEASE,
+        refund_visible_at_once: bool = False,
+    ) -> None:
+        if not isinstance(credentials, Credentials):
+            raise InvalidArgumentType(
+                f"credentials must be Credentials, not {type(credentials).__name__}"
+            )
+        if clock is not None and not callable(clock):
+            raise InvalidArgumentType("clock must be a callable returning an aware datetime")
+        if journal is not None and not isinstance(journal, Journal):
+            raise InvalidArgumentType(
+                f"journal must implement the Journal protocol (with its locks), not "
+                f"{type(journal).__name__}"
+            )
+        if not isinstance(refund_visible_at_once, bool):
+            raise InvalidArgumentType(
+                "refund_visible_at_once must be a bool, not "
+                f"{type(refund_visible_at_once).__name__}"
+            )
+        self.fence_margin = _seconds(fence_margin, "fence_margin")
+        self.lease = _seconds(lease, "lease")
+        if not self.lease:
+            raise InvalidArgument("lease must be longer than zero")
+        self.refund_visible_at_once = refund_visible_at_once
+        self.credentials = credentials
+        self.base_url = base_url
+        self.stage = is_stage(base_url)
+        self._clock = clock or _system_clock
+        self.journal: Journal = InMemoryJournal() if journal is None else journal
+        self._owner_prefix = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        #: The largest |local clock - ECPay's RpHeader.Timestamp| seen, in seconds (R22).
+        self.skew = 0.0
+
+    # -- small facts ---------------------------------------------------------------------------
+
+    def now(self) -> dt.datetime:
+        return check_aware(self._clock(), field="clock()")
+
+    def _new_owner(self) -> str:
+        return f"{self._owner_prefix}/{next(_owners)}"
+
+    def _measure(self, stamp: int | None) -> float | None:
+        """Widen the measured skew by a reply's ``RpHeader.Timestamp``; return this reply's."""
+        if stamp is None:
+            return None
+        offset = self.now().timestamp() - stamp
+        self.skew = max(self.skew, abs(offset))
+        return offset
+
+    def fence(self, sent_at: dt.datetime, action: Action, before: OrderSnapshot) -> dt.datetime:
+        """R22: from when a query showing no change proves an attempt sent at ``sent_at`` not
+        done: ECPay's 10-minute window, the margin and the measured skew; and where the step's
+        effect may only show at the batch (a refund on a pending close, unless
+        ``refund_visible_at_once``), the end of the first batch after that."""
+        fence = sent_at + _WINDOW + self.fence_margin + dt.timedelta(seconds=self.skew)
+        if (
+            action is Action.REFUND
+            and before.state is State.TO_CLOSE
+            and not self.refund_visible_at_once
+        ):
+            return _rules.first_batch_end_after(fence)
+        return fence
+
+    def order_key(self, merchant_trade_no: str) -> tuple[str, str]:
+        return self.credentials.merchant_id, merchant_trade_no
+
+    # -- checking calls (before any lock or I/O) -----------------------------------------------
+
+    def refuse_stage(self, merchant_trade_no: str) -> None:
+        """ECPay's stage host cannot run DoAction (spec 1): refuse before anything is sent."""
+        if self.stage:
+            raise ConfigurationError(
+                f"DoAction cannot run against ECPay's stage host {self.base_url}: ECPay has no "
+                "DoAction there. Test money movement against ecpay_lifecycle.emulator",
+                merchant_trade_no=merchant_trade_no,
+            )
+
+    def money_call(
+        self,
+        intent: Intent,
+        merchant_trade_no: object,
+        *,
+        amount: object = None,
+        capture_first: object = False,
+        idempotency_key: object = None,
+        trade_no: object = None,
+        kind: object = None,
+    ) -> Call:
+        """Check a capture/refund/abandon call now, before anything is recorded or sent."""
+        order = check_order_number(merchant_trade_no)
+        checked = None if amount is None else check_amount(amount)
+        if not isinstance(capture_first, bool):
+            raise InvalidArgumentType(
+                f"capture_first must be a bool, not {type(capture_first).__name__}"
+            )
+        key = check_key(idempotency_key)
+        known = None if trade_no is None else check_order_number(trade_no, field="trade_no")
+        checked_kind = check_kind(kind)
+        self.refuse_stage(order)
+        return Call(
+            intent=intent,
+            merchant_trade_no=order,
+            amount=checked,
+            capture_first=capture_first,
+            key=key if key is not None else f"auto-{uuid.uuid4().hex}",
+            caller_key=key is not None,
+            trade_no=known,
+            kind=checked_kind,
+        )
+
+    def query_call(
+        self, merchant_trade_no: object, trade_no: object, kind: object
+    ) -> Flow[OrderSnapshot]:
+        """Check a query call now; return its flow."""
+        order = check_order_number(merchant_trade_no)
+        known = None if trade_no is None else check_order_number(trade_no, field="trade_no")
+        return self.query_flow(order, known, check_kind(kind))
+
+    def raw_call(
+        self, merchant_trade_no: object, trade_no: object, action: object, amount: object
+    ) -> tuple[str, str, Action, int]:
+        """Check a raw DoAction call now (stage refused)."""
+        order = check_order_number(merchant_trade_no)
+        number = check_order_number(trade_no, field="trade_no")
+        checked_action = check_action(action)
+        checked_amount = check_amount(amount)
+        self.refuse_stage(order)
+        return order, number, checked_action, checked_amount
+
+    def check_declare(self, declare: object) -> dict[str, Verdict]:
+        """``declare`` maps an operation's key to the verdict a person established."""
+        if declare is None:
+            return {}
+        if not isinstance(declare, Mapping):
+            raise InvalidArgumentType(
+                "declare must map an operation's key to 'done' or 'not_done', not "
+                f"{type(declare).__name__}"
+            )
+        checked: dict[str, Verdict] = {}
+        for key, verdict in declare.items():
+            if not isinstance(key, str):
+                raise InvalidArgumentType(f"declare's keys must be str, not {type(key).__name__}")
+            if not isinstance(verdict, str):
+                raise InvalidArgumentType(
+                    f"declare[{key!r}] must be a Verdict, not {type(verdict).__name__}"
+                )
+            if verdict not in (Verdict.DONE, Verdict.NOT_DONE):
+                raise InvalidArgument(
+                    f"declare[{key!r}] must be 'done' or 'not_done', got {verdict!r}"
+                )
+            checked[key] = Verdict(verdict)
+        return checked
+
+    # -- ownership (R23), before the order lock ------------------------------------------------
+
+    def open(self, call: Call) -> Run | Outcome:
+        """Claim the call's key: replay a success, refuse a running one, or own it (R23)."""
+        now = self.now()
+        owner = self._new_owner()
+        fresh = OperationRecord(
+            merchant_id=self.credentials.merchant_id,
+            key=call.key,
+            caller_key=call.caller_key,
+            merchant_trade_no=call.merchant_trade_no,
+            request=call.request,
+            intent=call.intent,
+            status=OperationStatus.RUNNING,
+            started_at=now,
+            updated_at=now,
+            owner=owner,
+            lease_until=now + self.lease,
+        )
+        return self._claimed(call, fresh, owner, now)
+
+    def _claimed(
+        self, call: Call, fresh: OperationRecord, owner: str, now: dt.datetime
+    ) -> Run | Outcome:
+        claim = self.journal.claim(fresh, now=now)
+        existing = claim.record
+        if claim.status is ClaimStatus.CONFLICT:
+            raise InvalidArgument(
+                f"idempotency key {call.key!r} was used for {existing.request!r} on order "
+                f"{existing.merchant_trade_no}; this call is {call.request!r}. Use a new key "
+                "for a different request",
+                merchant_trade_no=call.merchant_trade_no,
+            )
+        if claim.status is ClaimStatus.FINISHED:
+            _log.info(
+                "order %s: idempotency key seen before; replaying the recorded %s, sending nothing",
+                call.merchant_trade_no,
+                call.intent,
+                extra=self._fields(call.merchant_trade_no, existing, outcome="replayed"),
+            )
+            return outcome_of(existing, replayed=True)
+        if claim.status is ClaimStatus.BUSY:
+            raise OperationInProgress(
+                f"another caller is running this {call.intent} (idempotency key "
+                f"{call.key!r}) now; nothing was sent. Ask again later: the same key then "
+                "replays its outcome",
+                merchant_trade_no=call.merchant_trade_no,
+                retry_at=existing.lease_until,
+                idempotency_key=call.key,
+            )
+        if claim.taken_over:
+            _log.warning(
+                "order %s: taking over operation %r from %s, whose lease lapsed",
+                call.merchant_trade_no,
+                call.key,
+                existing.owner,
+            )
+        return Run(self.journal, existing, owner=owner, now=self.now, lease=self.lease)
+
+    def _reclaim(self, run: Run, call: Call) -> Outcome | None:
+        """Under the order lock: renew the claim (the record may have moved on while this
+        worker waited for the lock). A success recorded meanwhile is replayed."""
+        fresh = attrs.evolve(run.record, lease_until=self.now() + self.lease)
+        claimed = self._claimed(call, fresh, run.owner or self._new_owner(), self.now())
+        if isinstance(claimed, Outcome):
+            return claimed
+        run.record = claimed.record
+        return None
+
+    # -- queries (side-effect free) ------------------------------------------------------------
+
+    def _exchange(self, request: WireRequest) -> Flow[dict[str, Any]]:
+        """Send a query and open its reply. Queries move nothing, so any failure is plain."""
+        try:
+            reply = yield request
+        except httpx.HTTPError as exc:
+            raise TransportError(
+                f"query {request.path} failed: {type(exc).__name__}: {exc}",
+                merchant_trade_no=request.merchant_trade_no,
+            ) from exc
+        try:
+            inner, stamp = open_reply_stamped(
+                self.credentials, reply.status_code, reply.content, request=request
+            )
+        except ClockOutOfSync as exc:
+            exc.skew_seconds = self._measure(_stamp_of(exc.raw))
+            raise
+        self._measure(stamp)
+        return inner
+
+    def detail_flow(
+        self, merchant_trade_no: str, trade_no: str, kind: PaymentKind
+    ) -> Flow[OrderSnapshot]:
+        """CreditDetail/QueryTrade: the order's state and closed amount now (spec 4, R4)."""
+        request = build_credit_detail(
+            self.credentials,
+            merchant_trade_no=merchant_trade_no,
+            trade_no=trade_no,
+            now=self.now(),
+        )
+        inner = yield from self._exchange(request)
+        detail = parse_credit_detail(inner, request=request)
+        return snapshot_from(
+            detail,
+            merchant_trade_no=merchant_trade_no,
+            trade_no=trade_no,
+            kind=kind,
+            auto_close=self.credentials.auto_close,
+        )
+
+    def query_flow(
+        self, merchant_trade_no: str, trade_no: str | None, kind: PaymentKind | None
+    ) -> Flow[OrderSnapshot]:
+        """Cashier/QueryTrade for TradeNo and kind unless both are known, then CreditDetail."""
+        if trade_no is None or kind is None:
+            request = build_cashier_query(
+                self.credentials, merchant_trade_no=merchant_trade_no, now=self.now()
+            )
+            inner = yield from self._exchange(request)
+            info = parse_cashier_query(inner, request=request)
+            if trade_no is not None and info.trade_no != trade_no:
+                raise InvalidArgument(
+                    f"trade_no {trade_no!r} is not this order's: ECPay says {info.trade_no!r}",
+                    merchant_trade_no=merchant_trade_no,
+                )
+            trade_no = info.trade_no
+            kind = info.kind if kind is None else kind
+        return (yield from self.detail_flow(merchant_trade_no, trade_no, kind))
+
+    def _known(
+        self, merchant_trade_no: str, trade_no: str | None, kind: PaymentKind | None
+    ) -> tuple[str | None, PaymentKind | None]:
+        """TradeNo and kind as the caller gave them, else as the journal learned them before
+        (so Cashier/QueryTrade runs at most once per order)."""
+        if trade_no is not None and kind is not None:
+            return trade_no, kind
+        records = self.journal.for_order(self.credentials.merchant_id, merchant_trade_no)
+        for record in reversed(records):
+            seen = record.before
+            if seen is None and record.attempts:
+                seen = record.attempts[-1].before
+            if seen is not None:
+                if trade_no is not None and trade_no != seen.trade_no:
+                    raise InvalidArgument(
+                        f"trade_no {trade_no!r} is not this order's: the journal recorded "
+                        f"{seen.trade_no!r} from ECPay",
+                        merchant_trade_no=merchant_trade_no,
+                    )
+                return seen.trade_no, seen.kind if kind is None else kind
+        return trade_no, kind
+
+    # -- money movement, under the order lock --------------------------------------------------
+
+    def _fields(
+        self, merchant_trade_no: str, record: OperationRecord | None, **more: object
+    ) -> dict[str, object]:
+        """Structured log fields of a money movement (``extra=``), never a secret."""
+        fields: dict[str, object] = {
+            "ecpay_merchant_id": self.credentials.merchant_id,
+            "ecpay_order": merchant_trade_no,
+        }
+        if record is not None:
+            fields["ecpay_key"] = record.key if record.caller_key else None
+        fields.update({f"ecpay_{name}": value for name, value in more.items()})
+        return fields
+
+    def unresolved(
+        self, merchant_trade_no: str, *, but: str | None = None
+    ) -> OperationRecord | None:
+        """The operation (other than ``but``) whose unresolved step locks the order (spec 9)."""
+        merchant_id = self.credentials.merchant_id
+        for record in self.journal.for_order(merchant_id, merchant_trade_no):
+            if record.key != but and record.open_attempt is not None:
+                return record
+        return None
+
+    def locked(self, merchant_trade_no: str, record: OperationRecord) -> OrderLocked:
+        attempt = record.open_attempt
+        step = "a step" if attempt is None else f"{attempt.action.value}({attempt.amount})"
+        retry_at = None if attempt is None else attempt.resolvable_at
+        when = f" after {retry_at.isoformat()}" if retry_at is not None else ""
+        return OrderLocked(
+            f"{step} sent at {attempt.at.isoformat() if attempt else '?'} (operation "
+            f"{record.key!r}) has an unknown outcome; no money moves on this order until "
+            f"reconcile() or a retry of that key resolves it{when} (R22)",
+            merchant_trade_no=merchant_trade_no,
+            retry_at=retry_at,
+            idempotency_key=record.key,
+        )
+
+    def _plan(self, call: Call, snapshot: OrderSnapshot) -> Plan:
+        now = self.now()
+        if call.intent is Intent.REFUND:
+            return _planner.plan_refund(
+                snapshot, call.amount, now=now, capture_first=call.capture_first
+            )
+        if call.intent is Intent.CAPTURE:
+            return _planner.plan_capture(snapshot, now=now)
+        return _planner.plan_abandon(snapshot, now=now)
+
+    def operation_flow(self, run: Run, call: Call) -> Flow[Outcome]:
+        """Resolve the key's own open attempt (R22), query (R4), plan, and carry out each step."""
+        order = call.merchant_trade_no
+        try:
+            replay = self._reclaim(run, call)
+            if replay is not None:
+                return replay
+            trade_no, kind = self._known(order, call.trade_no, call.kind)
+            current: OrderSnapshot | None = None
+            attempt = run.record.open_attempt
+            if attempt is not None:
+                queried_at = self.now()
+                observed = yield from self.detail_flow(order, attempt.trade_no, attempt.before.kind)
+                verdict = self._resolve(run, attempt, observed, queried_at, how="a retry's query")
+                if verdict is Verdict.UNKNOWN:
+                    raise self._unknown(run, attempt, observed, lost=None, queried=True)
+                if run.record.status is OperationStatus.SUCCEEDED:
+                    _release(run)
+                    return outcome_of(run.record, replayed=False)
+                current = observed
+            blocking = self.unresolved(order, but=run.record.key)
+            if blocking is not None:
+                raise self.locked(order, blocking)
+            if current is None:
+                current = yield from self.query_flow(order, trade_no, kind)
+            self._check_fresh(run, current)
+            plan = self._plan(call, current)
+            run.save(plan=plan, before=run.record.before or current, final=None)
+            _log.info(
+                "order %s: %s planned as %s",
+                order,
+                call.intent,
+                plan.describe(),
+                extra=self._fields(order, run.record, intent=str(call.intent)),
+            )
+            for index, step in enumerate(plan.steps):
+                current, reply = yield from self._attempt_flow(
+                    run,
+                    index=index,
+                    action=step.action,
+                    amount=step.amount,
+                    step=step,
+                    before=current,
+                )
+                if reply is None and index + 1 < len(plan.steps):
+                    # Settled by a query, not by ECPay's word: the rest must follow from it.
+                    self._check_rest(run, call, plan, index + 1, current)
+        except BaseException as exc:
+            # Also on cancellation: ownership is given up; an open attempt keeps the order locked.
+            if not isinstance(exc, OperationInProgress):
+                _release(run)
+            if isinstance(exc, EcpayError):
+                _note_progress(exc, run.record)
+            raise
+        _release(run)
+        return outcome_of(run.record, replayed=False)
+
+    def _check_rest(
+        self, run: Run, call: Call, plan: Plan, index: int, observed: OrderSnapshot
+    ) -> None:
+        """Before a later step whose predecessor was settled by a query: the rest of the plan
+        must follow from what that query showed (R4), else it is not sent."""
+        try:
+            rest = self._plan(call, observed).steps
+        except RuleViolation:
+            rest = ()
+        planned = plan.steps[index:]
+        if [(s.action, s.amount) for s in rest] == [(s.action, s.amount) for s in planned]:
+            return
+        remaining = " -> ".join(s.describe() for s in planned)
+        raise PlanInterrupted(
+            f"{plan.steps[index - 1].describe()} was done, but the query shows "
+            f"{_shown(observed)}, from which the rest of the plan ({remaining}) does not follow; "
+            "it was not sent. Ask again with the same idempotency key later: it continues from "
+            "a fresh query",
+            merchant_trade_no=call.merchant_trade_no,
+            observed=observed,
+            idempotency_key=run.record.key,
+        )
+
+    def _check_fresh(self, run: Run, observed: OrderSnapshot) -> None:
+        """Hold a planning query against the last step proven done on this order (R21, R4).
+
+        A query showing exactly the order as it was *before* that step, while the step is still
+        inside its fence, is served from data behind what ECPay accepted: nothing is planned
+        from it (:class:`TransportError`, nothing sent; ask again shortly). A query that
+        otherwise contradicts a step ECPay accepted is reported on the outcome, never turned
+        into "not done"; the plan follows the fresh query.
+        """
+        order = observed.merchant_trade_no
+        proven = [
+            attempt
+            for record in self.journal.for_order(self.credentials.merchant_id, order)
+            for attempt in record.attempts
+            if attempt.status is AttemptStatus.DONE and attempt.step is not None
+        ]
+        if not proven:
+            return
+        # The latest in time; of steps sent in the same second, the one recorded last.
+        last = max(enumerate(proven), key=lambda pair: (pair[1].at, pair[0]))[1]
+        verdict = judge(last.before, observed, last.expected)
+        if verdict is Verdict.DONE:
+            return
+        step = last.step
+        assert step is not None
+        fence = last.resolvable_at or (last.at + _WINDOW + self.fence_margin)
+        if verdict is Verdict.NOT_DONE and self.now() < fence:
+            raise TransportError(
+                f"ECPay's query shows the order as it was before {step.describe()}, which was "
+                f"done at {last.at.isoformat()}: the query is served from data behind that "
+                "step, so nothing was planned from it and nothing was sent. Ask again shortly",
+                merchant_trade_no=order,
+            )
+        if last.rtn_code is not None and last in run.record.attempts:
+            run.note(
+                f"ECPay accepted {step.describe()} (RtnCode {last.rtn_code}), yet a later query "
+                f"shows {_shown(observed)}, not {step.state_after}, closed "
+                f"{step.closed_amount_after} TWD (R21: the accepted reply stands)"
+            )
+
+    def _attempt_flow(
+        self,
+        run: Run,
+        *,
+        index: int,
+        action: Action,
+        amount: int,
+        step: Step | None,
+        before: OrderSnapshot,
+    ) -> Flow[tuple[OrderSnapshot, DoActionReply | None]]:
+        """Record, send and settle one DoAction (R21, R22); return the order after it and
+        ECPay's accepted reply (None when a query proved a lost reply's step done).
+
+        For a raw DoAction (``step`` None) the returned snapshot is ``before``.
+        """
+        order = before.merchant_trade_no
+        label = f"{action.value}({amount})"
+        now = self.now()
+        if step is not None and _rules.in_blackout(now, before.auto_close):
+            # The planner checked R5 at planning time; a later step or a re-send checks again.
+            raise RuleViolation(
+                "R5",
+                f"{label} was not sent: DoAction is not allowed 20:15-20:30 Asia/Taipei while "
+                "ECPay's daily auto-close runs",
+                retry_at=_rules.blackout_retry_at(now),
+                merchant_trade_no=order,
+            )
+        request = build_do_action(
+            self.credentials,
+            merchant_trade_no=order,
+            trade_no=before.trade_no,
+            action=action,
+            amount=amount,
+            now=now,
+        )
+        sends = sum(
+            1
+            for a in run.record.attempts
+            if (a.action, a.amount) == (action, amount) and a.status is AttemptStatus.NOT_DONE
+        )
+        attempt = AttemptRecord(
+            index=index,
+            attempt=sends + 1,
+            action=action,
+            amount=amount,
+            trade_no=before.trade_no,
+            before=before,
+            step=step,
+            status=AttemptStatus.SENDING,
+            at=now,
+            resolvable_at=self.fence(now, action, before),
+        )
+        # Recorded before the request leaves (style habit 15): a crash from here on leaves an
+        # open attempt that locks the order until resolved by R22.
+        run.sending(attempt)
+        fields = self._fields(order, run.record, action=action.value, amount=amount)
+        _log.info(
+            "order %s: sending %s (attempt %d)",
+            order,
+            label,
+            attempt.attempt,
+            extra={**fields, "ecpay_attempt": attempt.attempt, "ecpay_outcome": "sending"},
+        )
+        lost: BaseException | None = None
+        try:
+            wire = yield request
+        except _NOT_SENT as exc:
+            run.resolve(AttemptStatus.NOT_DONE, note=f"not sent: {type(exc).__name__}")
+            raise TransportError(
+                f"{label} was not sent ({type(exc).__name__}: no connection); nothing moved",
+                merchant_trade_no=order,
+            ) from exc
+        except httpx.HTTPError as exc:
+            lost = exc
+        else:
+            try:
+                inner, stamp = open_reply_stamped(
+                    self.credentials, wire.status_code, wire.content, request=request
+                )
+                self._measure(stamp)
+                reply = parse_do_action(inner, request=request)
+            except RateLimited:
+                run.resolve(AttemptStatus.NOT_DONE, note="not processed: HTTP 403")
+                raise
+            except _REJECTED_UNPROCESSED as exc:
+                if isinstance(exc, ClockOutOfSync):
+                    exc.skew_seconds = self._measure(_stamp_of(exc.raw))
+                run.resolve(
+                    AttemptStatus.NOT_DONE,
+                    note=f"not processed: TransCode {exc.trans_code} ({type(exc).__name__})",
+                )
+                raise
+            except GatewayRefused as exc:
+                run.resolve(
+                    AttemptStatus.REFUSED,
+                    rtn_code=_code(exc.rtn_code),
+                    rtn_msg=exc.rtn_msg,
+                    note=exc.token or "",
+                )
+                _log.info(
+                    "order %s: ECPay refused %s (RtnCode %s)",
+                    order,
+                    label,
+                    exc.rtn_code,
+                    extra={**fields, "ecpay_outcome": "refused"},
+                )
+                raise
+            except (EnvelopeRejected, ProtocolError, CodecError) as exc:
+                # Another TransCode, 5xx, not JSON, garbled Data, mismatched echoes (R2): the
+                # request may have been applied (R22).
+                lost = exc
+            else:
+                after = before if step is None else _after(before, step)
+                run.resolve(
+                    AttemptStatus.DONE,
+                    observed=None if step is None else after,
+                    rtn_code=reply.rtn_code,
+                    rtn_msg=reply.rtn_msg,
+                    note="accepted (R21)",
+                )
+                _log.info(
+                    "order %s: %s done (RtnCode %s)",
+                    order,
+                    label,
+                    reply.rtn_code,
+                    extra={**fields, "ecpay_outcome": "done"},
+                )
+                return after, reply
+        settled = yield from self._settle_lost(run, run.record.attempts[-1], lost)
+        return settled, None
+
+    def _settle_lost(
+        self, run: Run, attempt: AttemptRecord, lost: BaseException
+    ) -> Flow[OrderSnapshot]:
+        """A doubtful reply: a query may show the step done; anything else waits for the fence."""
+        order = attempt.before.merchant_trade_no
+        label = f"{attempt.action.value}({attempt.amount})"
+        _log.warning(
+            "order %s: the reply to %s was lost (%s); querying whether it took effect",
+            order,
+            label,
+            type(lost).__name__,
+            extra=self._fields(
+                order,
+                run.record,
+                action=attempt.action.value,
+                amount=attempt.amount,
+                outcome="lost",
+            ),
+        )
+        queried_at = self.now()
+        try:
+            observed = yield from self.detail_flow(order, attempt.trade_no, attempt.before.kind)
+        except EcpayError as exc:
+            run.resolve(AttemptStatus.UNKNOWN, note=f"{_heard(lost)}; the confirming query failed")
+            raise self._unknown(run, attempt, None, lost=lost, queried=False) from exc
+        verdict = self._resolve(
+            run, attempt, observed, queried_at, how="the confirming query", lost=lost
+        )
+        if verdict is Verdict.DONE:
+            return observed if attempt.step is not None else attempt.before
+        if verdict is Verdict.NOT_DONE:
+            raise TransportError(
+                f"the reply to {label} was lost and a query after its fence shows no change: "
+                "it did not take effect (R22); nothing moved. The same idempotency key sends it "
+                "once more",
+                merchant_trade_no=order,
+            ) from lost
+        raise self._unknown(run, attempt, observed, lost=lost, queried=True) from lost
+
+    def _resolve(
+        self,
+        run: Run,
+        attempt: AttemptRecord,
+        observed: OrderSnapshot,
+        queried_at: dt.datetime,
+        *,
+        how: str,
+        lost: BaseException | None = None,
+    ) -> Verdict:
+        """R22: judge an open attempt by a query taken at ``queried_at`` and record the verdict.
+
+        Reached -> done. Unchanged -> not done, but only if the query was taken after the
+        attempt's fence; before it, and for anything else, the attempt stays unknown.
+        """
+        verdict = judge(attempt.before, observed, attempt.expected)
+        fence = attempt.resolvable_at or (attempt.at + _WINDOW + self.fence_margin)
+        early = verdict is Verdict.NOT_DONE and queried_at < fence
+        base = attempt.note if attempt.note and lost is None else _heard(lost)
+        if verdict is Verdict.DONE:
+            run.resolve(
+                AttemptStatus.DONE,
+                observed=observed,
+                rtn_code=attempt.rtn_code,
+                rtn_msg=attempt.rtn_msg,
+                note=f"{base}; {how} shows it done",
+            )
+        elif verdict is Verdict.NOT_DONE and not early:
+            run.resolve(
+                AttemptStatus.NOT_DONE,
+                note=f"{base}; {how} after the fence shows no change (R22)",
+            )
+        else:
+            shown = "no change yet, before the fence" if early else _shown(observed)
+            run.resolve(AttemptStatus.UNKNOWN, note=f"{base}; {how} shows {shown}")
+            verdict = Verdict.UNKNOWN
+        _log.log(
+            logging.WARNING if verdict is Verdict.UNKNOWN else logging.INFO,
+            "order %s: %s(%d) %s: %s",
+            attempt.before.merchant_trade_no,
+            attempt.action.value,
+            attempt.amount,
+            how,
+            verdict,
+            extra=self._fields(
+                attempt.before.merchant_trade_no,
+                run.record,
+                action=attempt.action.value,
+                amount=attempt.amount,
+                attempt=attempt.attempt,
+                outcome=str(verdict),
+            ),
+        )
+        return verdict
+
+    def _unknown(
+        self,
+        run: Run,
+        attempt: AttemptRecord,
+        observed: OrderSnapshot | None,
+        *,
+        lost: BaseException | None,
+        queried: bool,
+    ) -> OutcomeUnknown:
+        label = f"{attempt.action.value}({attempt.amount})"
+        order = attempt.before.merchant_trade_no
+        retry_at = attempt.resolvable_at
+        judged = judge(attempt.before, observed, attempt.expected) if observed else None
+        if judged is Verdict.UNKNOWN and retry_at is not None and self.now() >= retry_at:
+            retry_at = None
+        seen = (
+            f"the order shows {_shown(observed)}" if queried else "the query to confirm it failed"
+        )
+        when = (
+            f"it can be resolved from {retry_at.isoformat()} (R22)"
+            if retry_at is not None
+            else "a query cannot tell: a person must check and reconcile(declare=...)"
+        )
+        _log.error(
+            "order %s: outcome of %s unknown; order locked",
+            order,
+            label,
+            extra=self._fields(
+                order,
+                run.record,
+                action=attempt.action.value,
+                amount=attempt.amount,
+                attempt=attempt.attempt,
+                outcome="unknown",
+            ),
+        )
+        return OutcomeUnknown(
+            f"{label}: {_heard(lost) if lost is not None else 'its reply was lost'}, and {seen}; "
+            f"nothing was re-sent and no money moves on this order until it is resolved: {when}. "
+            "Retry the same idempotency key or call reconcile() then",
+            merchant_trade_no=order,
+            step=attempt.step if attempt.step is not None else label,
+            observed=observed,
+            retry_at=retry_at,
+            idempotency_key=run.record.key,
+        )
+
+    # -- raw DoAction ----------------------------------------------------------------------------
+
+    def open_raw(self, order: str, trade_no: str, action: Action, amount: int) -> Run:
+        """Record a raw DoAction as its own operation, owned by this caller."""
+        now = self.now()
+        owner = self._new_owner()
+        fresh = OperationRecord(
+            merchant_id=self.credentials.merchant_id,
+            key=f"auto-{uuid.uuid4().hex}",
+            caller_key=False,
+            merchant_trade_no=order,
+            request=f"do_action {action.value} amount={amount} trade_no={trade_no}",
+            intent=None,
+            status=OperationStatus.RUNNING,
+            started_at=now,
+            updated_at=now,
+            owner=owner,
+            lease_until=now + self.lease,
+        )
+        claim = self.journal.claim(fresh, now=now)
+        return Run(self.journal, claim.record, owner=owner, now=self.now, lease=self.lease)
+
+    def raw_flow(self, run: Run, trade_no: str, action: Action, amount: int) -> Flow[DoActionReply]:
+        """One raw DoAction, journaled, locked and settled like a planned step, never re-sent."""
+        order = run.record.merchant_trade_no
+        try:
+            blocking = self.unresolved(order, but=run.record.key)
+            if blocking is not None:
+                raise self.locked(order, blocking)
+            _, kind = self._known(order, trade_no, None)
+            before = yield from self.query_flow(order, trade_no, kind)
+            run.save(before=before)
+            _, reply = yield from self._attempt_flow(
+                run, index=0, action=action, amount=amount, step=None, before=before
+            )
+        except BaseException:
+            _release(run)
+            raise
+        _release(run)
+        if reply is None:
+            raise TransportError(
+                f"{action.value}({amount})'s reply was lost; a query shows it took effect, but a "
+                "raw call has no reply to return",
+                merchant_trade_no=order,
+            )
+        return reply
+
+    # -- reconcile -------------------------------------------------------------------------------
+
+    def reconcile_flow(
+        self, merchant_trade_no: str, declare: Mapping[str, Verdict]
+    ) -> Flow[Reconciliation]:
+        """Resolve each open attempt of the order on its own by R22; never sends money."""
+        merchant_id = self.credentials.merchant_id
+        now = self.now()
+        open_records = [
+            r for r in self.journal.for_order(merchant_id, merchant_trade_no) if r.open_attempt
+        ]
+        by_key = {r.key: r for r in open_records}
+        for key, verdict in declare.items():
+            record = by_key.get(key)
+            if record is None:
+                raise InvalidArgument(
+                    f"declare names operation {key!r}, which has no open attempt on order "
+                    f"{merchant_trade_no}; nothing was recorded",
+                    merchant_trade_no=merchant_trade_no,
+                )
+            attempt = record.open_attempt
+            assert attempt is not None
+            if (
+                verdict is Verdict.NOT_DONE
+                and attempt.resolvable_at
+                and now < attempt.resolvable_at
+            ):
+                raise InvalidArgument(
+                    f"declare[{key!r}] = 'not_done' before the fence: the request may still "
+                    f"take effect until {attempt.resolvable_at.isoformat()} (R22); nothing was "
+                    "recorded",
+                    merchant_trade_no=merchant_trade_no,
+                )
+        queried_at = now
+        if open_records:
+            known = open_records[-1].open_attempt
+            assert known is not None
+            snapshot = yield from self.detail_flow(
+                merchant_trade_no, known.trade_no, known.before.kind
+            )
+        else:
+            trade_no, kind = self._known(merchant_trade_no, None, None)
+            snapshot = yield from self.query_flow(merchant_trade_no, trade_no, kind)
+        resolutions = []
+        for stored in open_records:
+            record = self.journal.get(merchant_id, stored.key) or stored
+            attempt = record.open_attempt
+            if attempt is None:
+                continue  # resolved meanwhile by its owner
+            run = Run(self.journal, record, owner=None, now=self.now, lease=self.lease)
+            if record.owned_by_other(None, self.now()):
+                resolutions.append(
+                    self._resolution(
+                        record,
+                        attempt,
+                        Verdict.UNKNOWN,
+                        declared=False,
+                        retry_at=record.lease_until,
+                    )
+                )
+                continue
+            verdict = self._resolve(run, attempt, snapshot, queried_at, how="reconcile's query")
+            declared = verdict is Verdict.UNKNOWN and record.key in declare
+            if declared:
+                verdict = declare[record.key]
+                status = AttemptStatus.DONE if verdict is Verdict.DONE else AttemptStatus.NOT_DONE
+                settled = run.record.attempts[-1]
+                run.resolve(
+                    status,
+                    observed=snapshot,
+                    rtn_code=settled.rtn_code,
+                    rtn_msg=settled.rtn_msg,
+                    note=f"{settled.note}; declared by the caller: {verdict}",
+                )
+            if run.record.status is OperationStatus.RUNNING:
+                # An earlier step of a plan took effect but the operation stopped there.
+                run.save(status=OperationStatus.STOPPED)
+            outcome = None
+            if run.record.status is OperationStatus.SUCCEEDED and run.record.plan is not None:
+                outcome = outcome_of(run.record, replayed=False)
+            retry_at = None
+            if verdict is Verdict.UNKNOWN and attempt.resolvable_at and now < attempt.resolvable_at:
+                retry_at = attempt.resolvable_at
+            resolutions.append(
+                self._resolution(
+                    run.record,
+                    attempt,
+                    verdict,
+                    declared=declared,
+                    retry_at=retry_at,
+                    outcome=outcome,
+                )
+            )
+        return Reconciliation(
+            merchant_trade_no=merchant_trade_no, snapshot=snapshot, resolutions=tuple(resolutions)
+        )
+
+    @staticmethod
+    def _resolution(
+        record: OperationRecord,
+        attempt: AttemptRecord,
+        verdict: Verdict,
+        *,
+        declared: bool,
+        retry_at: dt.datetime | None,
+        outcome: Outcome | None = None,
+    ) -> Resolution:
+        return Resolution(
+            idempotency_key=record.key if record.caller_key else None,
+            key=record.key,
+            action=attempt.action,
+            amount=attempt.amount,
+            verdict=verdict,
+            declared=declared,
+            outcome=outcome,
+            retry_at=retry_at,
+        )
+
+
+def _release(run: Run) -> None:
+    """Give up ownership unless another worker already took it (then there is nothing to
+    release and nothing more is sent)."""
+    try:
+        run.release()
+    except EcpayError as exc:
+        _log.warning("could not release operation %r: %s", run.record.key, exc)
+
+
+def _stamp_of(raw: object) -> int | None:
+    if not isinstance(raw, Mapping):
+        return None
+    header = raw.get("RpHeader")
+    if not isinstance(header, Mapping):
+        return None
+    value = header.get("Timestamp")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
