@@ -995,3 +995,21 @@ def test_a_cancelled_doaction_leaves_the_order_locked_until_reconcile() -> None:
             assert outcome.final.state is State.TO_CLOSE
 
     asyncio.run(run())
+
+
+def test_a_production_client_on_the_in_memory_journal_warns_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ecpay_lifecycle")
+    with Client(CREDENTIALS):
+        pass
+    warnings = [r for r in caplog.records if "in-memory journal" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "durable journal" in warnings[0].getMessage()
+    caplog.clear()
+    with (
+        Client(CREDENTIALS, base_url=STAGE_URL),
+        Client(CREDENTIALS, base_url="http://127.0.0.1:8"),
+    ):
+        pass
+    assert not [r for r in caplog.records if "in-memory journal" in r.getMessage()]

@@ -6,7 +6,7 @@ import datetime as dt
 
 import attrs
 import pytest
-from hypothesis import assume, given
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from _core_strategies import BASE, instants, outside_window, snapshots
@@ -365,6 +365,7 @@ def try_plan(snap: OrderSnapshot, amount: int | None, now: dt.datetime, capture_
         return None
 
 
+@settings(suppress_health_check=[HealthCheck.filter_too_much])  # refusals: see below
 @given(snapshots(), amounts, instants(), st.booleans())
 def test_no_plan_refunds_more_than_is_captured_or_the_order(
     snap: OrderSnapshot, amount: int | None, now: dt.datetime, capture_first: bool
@@ -382,6 +383,7 @@ def test_no_plan_refunds_more_than_is_captured_or_the_order(
         assert 0 <= step.closed_amount_after <= snap.amount
 
 
+@settings(suppress_health_check=[HealthCheck.filter_too_much])  # refusals: see below
 @given(snapshots(kinds=(PaymentKind.INSTALLMENT, PaymentKind.BONUS)), amounts, instants())
 def test_full_only_kinds_refund_everything_or_are_refused(
     snap: OrderSnapshot, amount: int | None, now: dt.datetime
@@ -400,6 +402,10 @@ def test_full_only_kinds_refund_everything_or_are_refused(
     assert plan.final_closed_amount == 0
 
 
+# Most random (snapshot, amount, time) triples are refused by a rule, on purpose: the planner's
+# refusals are tested elsewhere, and here only plans matter. Hypothesis keeps drawing until it has
+# its examples; the filter health check failed about once in 45 runs (issue 12), not the test.
+@settings(suppress_health_check=[HealthCheck.filter_too_much])
 @given(snapshots(), amounts, instants(), st.booleans())
 def test_applying_a_plan_through_the_machine_keeps_its_promises(
     snap: OrderSnapshot, amount: int | None, now: dt.datetime, capture_first: bool

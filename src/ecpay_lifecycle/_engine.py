@@ -88,6 +88,7 @@ from ._protocol import (
     build_cashier_query,
     build_credit_detail,
     build_do_action,
+    is_production,
     is_stage,
     open_reply_stamped,
     parse_cashier_query,
@@ -408,6 +409,14 @@ class Engine:
         self.stage = is_stage(base_url)
         self._clock = clock or _system_clock
         self.journal: Journal = InMemoryJournal() if journal is None else journal
+        if isinstance(self.journal, InMemoryJournal) and is_production(base_url):
+            _log.warning(
+                "ecpay-lifecycle: this client talks to ECPay's production host with the in-memory "
+                "journal: a crash or restart loses the record of an attempt in flight, and a "
+                "retry of its idempotency key could then refund twice. Give the client a durable "
+                "journal shared by every worker (see docs/client.md)",
+                extra={"ecpay_merchant_id": credentials.merchant_id},
+            )
         self._owner_prefix = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         #: The largest |local clock - ECPay's RpHeader.Timestamp| seen, in seconds (R22).
         self.skew = 0.0

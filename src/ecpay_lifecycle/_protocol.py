@@ -63,6 +63,7 @@ __all__ = [
     "build_cashier_query",
     "build_credit_detail",
     "build_do_action",
+    "is_production",
     "is_stage",
     "open_reply",
     "open_reply_stamped",
@@ -92,6 +93,12 @@ _HINTS = {
     "error_nopay": "no authorization yet; ECPay says to query again in 10 minutes",
     "error_Stop": "merchant not found or its contract has expired",
 }
+
+
+def is_production(base_url: str) -> bool:
+    """Whether ``base_url`` points at one of ECPay's production hosts (not stage, not local)."""
+    host = (urllib.parse.urlsplit(base_url).hostname or "").rstrip(".")
+    return (host == "ecpay.com.tw" or host.endswith(".ecpay.com.tw")) and not is_stage(base_url)
 
 
 def is_stage(base_url: str) -> bool:
