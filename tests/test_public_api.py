@@ -19,7 +19,7 @@ EXPECTED = {
     "AesCodec", "AsyncClient", "Client", "Credentials", "PRODUCTION_URL", "STAGE_URL",
     "CashierInfo", "CloseRow", "CreditDetail", "DoActionReply",
     # outcomes and the journal
-    "Outcome", "Reconciliation", "Resolution", "StepResult", "Verdict",
+    "Outcome", "Reconciliation", "Resolution", "StepResult", "Verdict", "SweepReport",
     "AttemptRecord", "AttemptStatus", "InMemoryJournal", "Journal", "OperationRecord",
     "OperationStatus", "Claim", "ClaimStatus", "arbitrate", "OrderLocks", "ProcessOrderLocks",
     # the exception tree

@@ -64,6 +64,11 @@ class DyingJournal:
     def for_order(self, merchant_id: str, merchant_trade_no: str) -> Sequence[OperationRecord]:
         return self._journal.for_order(merchant_id, merchant_trade_no)
 
+    def open_operations(
+        self, merchant_id: str | None = None, *, limit: int = 100
+    ) -> Sequence[OperationRecord]:
+        return self._journal.open_operations(merchant_id, limit=limit)
+
 
 def world() -> tuple[Emulator, InMemoryJournal]:
     emulator = Emulator(now=START)

@@ -58,7 +58,7 @@ from ._models import (
     State,
     Step,
 )
-from ._outcome import Outcome, Reconciliation, Resolution, StepResult, Verdict
+from ._outcome import Outcome, Reconciliation, Resolution, StepResult, SweepReport, Verdict
 from ._planner import plan_abandon, plan_capture, plan_refund
 from ._protocol import (
     PRODUCTION_URL,
@@ -132,6 +132,7 @@ __all__ = [
     "State",
     "Step",
     "StepResult",
+    "SweepReport",
     "TransportError",
     "UnknownStatusError",
     "Verdict",

@@ -21,10 +21,10 @@ from typing import Final, TypeVar, cast
 import httpx
 
 from ._engine import DEFAULT_FENCE_MARGIN, DEFAULT_LEASE, Engine, Flow, Reply
-from ._exceptions import ConfigurationError, InvalidArgumentType
+from ._exceptions import ConfigurationError, EcpayError, InvalidArgumentType, RateLimited
 from ._journal import Journal
 from ._models import Action, Intent, OrderSnapshot, PaymentKind, check_order_number
-from ._outcome import Outcome, Reconciliation, Verdict
+from ._outcome import Outcome, Reconciliation, SweepReport, Verdict
 from ._protocol import PRODUCTION_URL, Credentials, DoActionReply, WireRequest
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_TIMEOUT", "AsyncClient", "Client"]
@@ -333,6 +333,23 @@ class Client(_Shell):
         order, checked = _reconcile_args(engine, merchant_trade_no, declare)
         return self._drive_locked(order, engine.reconcile_flow(order, checked))
 
+    def sweep(self, *, limit: int = 100) -> SweepReport:
+        """Resolve the journal's stuck operations for this merchant (spec 9): each order with
+        an open attempt or a lapsed owner, under its lock, by R22 (as :meth:`reconcile`); never
+        sends a DoAction. Orders a live owner runs are skipped; unknown ones back off. Stops at
+        ECPay's HTTP 403. Safe to run on every worker at once."""
+        engine = self._engine
+        sweep = engine.start_sweep(limit)
+        for order in sweep.due:
+            try:
+                sweep.done(*self._drive_locked(order, engine.sweep_flow(order)))
+            except RateLimited as exc:
+                sweep.stop(exc)
+                break
+            except EcpayError as exc:
+                sweep.fail(order, exc)
+        return sweep.report()
+
 
 class AsyncClient(_Shell):
     """The asyncio twin of :class:`Client`: the same methods and decisions, awaited.
@@ -508,6 +525,20 @@ class AsyncClient(_Shell):
         engine = self._engine
         order, checked = _reconcile_args(engine, merchant_trade_no, declare)
         return await self._drive_locked(order, engine.reconcile_flow(order, checked))
+
+    async def sweep(self, *, limit: int = 100) -> SweepReport:
+        """See :meth:`Client.sweep`."""
+        engine = self._engine
+        sweep = engine.start_sweep(limit)
+        for order in sweep.due:
+            try:
+                sweep.done(*await self._drive_locked(order, engine.sweep_flow(order)))
+            except RateLimited as exc:
+                sweep.stop(exc)
+                break
+            except EcpayError as exc:
+                sweep.fail(order, exc)
+        return sweep.report()
 
 
 def _reconcile_args(

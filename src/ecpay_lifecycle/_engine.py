@@ -80,7 +80,15 @@ from ._models import (
     check_aware,
     check_order_number,
 )
-from ._outcome import Outcome, Reconciliation, Resolution, StepResult, Verdict, judge
+from ._outcome import (
+    Outcome,
+    Reconciliation,
+    Resolution,
+    StepResult,
+    SweepReport,
+    Verdict,
+    judge,
+)
 from ._protocol import (
     Credentials,
     DoActionReply,
@@ -97,7 +105,16 @@ from ._protocol import (
     snapshot_from,
 )
 
-__all__ = ["DEFAULT_FENCE_MARGIN", "DEFAULT_LEASE", "Call", "Engine", "Flow", "Reply", "Run"]
+__all__ = [
+    "DEFAULT_FENCE_MARGIN",
+    "DEFAULT_LEASE",
+    "Call",
+    "Engine",
+    "Flow",
+    "Reply",
+    "Run",
+    "Sweep",
+]
 
 _log = logging.getLogger("ecpay_lifecycle")
 
@@ -109,6 +126,13 @@ DEFAULT_FENCE_MARGIN: Final = dt.timedelta(seconds=300)
 DEFAULT_LEASE: Final = dt.timedelta(minutes=2)
 
 _KEY_MAX: Final = 255
+#: The sweeper's back-off for an attempt that stays unknown after its fence: a person must look.
+_BACKOFF: Final = (
+    dt.timedelta(minutes=1),
+    dt.timedelta(minutes=5),
+    dt.timedelta(hours=1),
+    dt.timedelta(days=1),
+)
 _WINDOW: Final = _rules.TIMESTAMP_TOLERANCE
 
 # Failures after which the request provably never reached ECPay: no connection was made.
@@ -1180,6 +1204,71 @@ class Engine:
             )
         return reply
 
+    # -- the sweeper ---------------------------------------------------------------------------
+
+    def start_sweep(self, limit: int) -> Sweep:
+        """Which orders to sweep now, which a live owner is working on, which back off.
+
+        Reads the journal's open operations (an indexed query in a durable store): those with
+        an open attempt or an owner. An order with a live owner is left to it (R23).
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidArgument(f"limit must be a positive int, got {limit!r}")
+        now = self.now()
+        merchant_id = self.credentials.merchant_id
+        due: list[str] = []
+        busy: list[str] = []
+        waiting: list[str] = []
+        for record in self.journal.open_operations(merchant_id, limit=limit):
+            order = record.merchant_trade_no
+            if order in due or order in busy or order in waiting:
+                continue
+            records = self.journal.for_order(merchant_id, order)
+            if any(r.owned_by_other(None, now) for r in records):
+                busy.append(order)
+            elif all(
+                r.next_sweep_at is not None and r.next_sweep_at > now
+                for r in records
+                if r.open_attempt is not None
+            ) and any(r.open_attempt is not None for r in records):
+                waiting.append(order)
+            else:
+                due.append(order)
+        return Sweep(due, busy, waiting)
+
+    def sweep_flow(self, merchant_trade_no: str) -> Flow[tuple[Reconciliation, list[str]]]:
+        """Under the order's lock: free operations whose owner's lease lapsed with nothing in
+        flight, resolve each open attempt by R22 (as ``reconcile``), and back off the ones
+        that stay unknown. Never sends a DoAction."""
+        merchant_id = self.credentials.merchant_id
+        now = self.now()
+        released: list[str] = []
+        for record in self.journal.for_order(merchant_id, merchant_trade_no):
+            lapsed = record.owner is not None and not record.owned_by_other(None, now)
+            if lapsed and record.open_attempt is None:
+                run = Run(self.journal, record, owner=None, now=self.now, lease=self.lease)
+                status = record.status
+                if status is OperationStatus.RUNNING:
+                    status = OperationStatus.STOPPED
+                run.save(owner=None, lease_until=None, status=status)
+                released.append(record.key)
+        result = yield from self.reconcile_flow(merchant_trade_no, {})
+        for resolution in result.resolutions:
+            if resolution.verdict is not Verdict.UNKNOWN:
+                continue
+            stuck = self.journal.get(merchant_id, resolution.key)
+            if stuck is None or stuck.open_attempt is None:
+                continue
+            fence = stuck.open_attempt.resolvable_at
+            if fence is not None and now < fence:
+                later, sweeps = fence, stuck.sweeps
+            else:
+                later = now + _BACKOFF[min(stuck.sweeps, len(_BACKOFF) - 1)]
+                sweeps = stuck.sweeps + 1
+            run = Run(self.journal, stuck, owner=None, now=self.now, lease=self.lease)
+            run.save(next_sweep_at=later, sweeps=sweeps)
+        return result, released
+
     # -- reconcile -------------------------------------------------------------------------------
 
     def reconcile_flow(
@@ -1296,6 +1385,40 @@ class Engine:
             declared=declared,
             outcome=outcome,
             retry_at=retry_at,
+        )
+
+
+class Sweep:
+    """One sweep under way: the plan from the journal and what came of each order. Both shells
+    run its ``due`` orders through :meth:`Engine.sweep_flow` and record the results here."""
+
+    def __init__(self, due: list[str], busy: list[str], waiting: list[str]) -> None:
+        self.due = due
+        self._busy = busy
+        self._waiting = waiting
+        self._reconciled: list[Reconciliation] = []
+        self._released: list[str] = []
+        self._failed: list[tuple[str, str]] = []
+        self._stopped: str | None = None
+
+    def done(self, result: Reconciliation, released: list[str]) -> None:
+        self._reconciled.append(result)
+        self._released.extend(released)
+
+    def fail(self, merchant_trade_no: str, error: EcpayError) -> None:
+        self._failed.append((merchant_trade_no, str(error)))
+
+    def stop(self, error: RateLimited) -> None:
+        self._stopped = f"{error.message}; the sweep stopped and resumes on its next run"
+
+    def report(self) -> SweepReport:
+        return SweepReport(
+            reconciled=tuple(self._reconciled),
+            busy=tuple(self._busy),
+            waiting=tuple(self._waiting),
+            released=tuple(self._released),
+            failed=tuple(self._failed),
+            stopped=self._stopped,
         )
 
 

@@ -167,7 +167,8 @@ class OperationRecord:
     once the first query and the planner ran; ``final`` once the last step was done. ``owner`` and
     ``lease_until`` name who runs it now (``None`` when nobody does) and ``revision`` counts its
     saves (R23). ``notes`` hold what people should know, e.g. a query that disagreed with an
-    accepted reply (R21).
+    accepted reply (R21). ``sweeps`` and ``next_sweep_at`` are the sweeper's back-off for an
+    attempt that stays unknown.
     """
 
     merchant_id: str
@@ -187,6 +188,8 @@ class OperationRecord:
     lease_until: dt.datetime | None = None
     revision: int = 0
     notes: tuple[str, ...] = ()
+    sweeps: int = 0
+    next_sweep_at: dt.datetime | None = None
 
     def owned_by_other(self, owner: str | None, now: dt.datetime) -> bool:
         """Whether someone other than ``owner`` holds a lease that has not lapsed at ``now``."""
@@ -224,6 +227,8 @@ class OperationRecord:
             "lease_until": _iso(self.lease_until),
             "revision": self.revision,
             "notes": list(self.notes),
+            "sweeps": self.sweeps,
+            "next_sweep_at": _iso(self.next_sweep_at),
         }
 
     @classmethod
@@ -249,6 +254,8 @@ class OperationRecord:
                 lease_until=_maybe_aware(data.get("lease_until")),
                 revision=_int(data.get("revision", 0)),
                 notes=_texts(data.get("notes", [])),
+                sweeps=_int(data.get("sweeps", 0)),
+                next_sweep_at=_maybe_aware(data.get("next_sweep_at")),
             ),
         )
 
@@ -339,6 +346,12 @@ class Journal(Protocol):
     def for_order(self, merchant_id: str, merchant_trade_no: str) -> Sequence[OperationRecord]:
         """Every record kept for one order, oldest first (the lock check reads these)."""
 
+    def open_operations(
+        self, merchant_id: str | None = None, *, limit: int = 100
+    ) -> Sequence[OperationRecord]:
+        """Records with an open attempt or an owner (the sweeper's work), least recently
+        updated first, at most ``limit``. A durable store answers from an index."""
+
 
 class InMemoryJournal:
     """The default :class:`Journal`: a dict in this process, safe to share between threads.
@@ -417,6 +430,22 @@ class InMemoryJournal:
         with self._lock:
             keys = self._by_order.get((merchant_id, merchant_trade_no), ())
             return [self._records[(merchant_id, key)] for key in keys]
+
+    def open_operations(
+        self, merchant_id: str | None = None, *, limit: int = 100
+    ) -> Sequence[OperationRecord]:
+        """See :meth:`Journal.open_operations` (a scan: this store lives in memory)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidArgument(f"limit must be a positive int, got {limit!r}")
+        with self._lock:
+            found = [
+                record
+                for record in self._records.values()
+                if (merchant_id is None or record.merchant_id == merchant_id)
+                and (record.open_attempt is not None or record.owner is not None)
+            ]
+        found.sort(key=lambda record: record.updated_at)
+        return found[:limit]
 
     def _store(self, record: OperationRecord) -> None:
         ident = (record.merchant_id, record.key)

@@ -16,7 +16,15 @@ import attrs
 
 from ._models import Action, Intent, OrderSnapshot, Plan, State
 
-__all__ = ["Outcome", "Reconciliation", "Resolution", "StepResult", "Verdict", "judge"]
+__all__ = [
+    "Outcome",
+    "Reconciliation",
+    "Resolution",
+    "StepResult",
+    "SweepReport",
+    "Verdict",
+    "judge",
+]
 
 
 class Verdict(enum.StrEnum):
@@ -114,6 +122,45 @@ class Reconciliation:
     def locked(self) -> bool:
         """Whether some step is still unknown, so the order still refuses money movement."""
         return any(r.verdict is Verdict.UNKNOWN for r in self.resolutions)
+
+
+@attrs.frozen(kw_only=True)
+class SweepReport:
+    """What one ``sweep()`` did (R22, R23): the orders it reconciled and the ones it left.
+
+    ``busy`` orders had an operation with a live owner (another worker runs it); ``waiting``
+    orders were swept recently and back off (1 minute, 5 minutes, 1 hour, then daily);
+    ``released`` names operations whose owner's lease lapsed with nothing in flight, now free
+    for their key to resume; ``failed`` pairs an order with what went wrong; ``stopped`` says
+    why the sweep ended early (ECPay's HTTP 403: wait before sweeping again), if it did.
+    """
+
+    reconciled: tuple[Reconciliation, ...] = ()
+    busy: tuple[str, ...] = ()
+    waiting: tuple[str, ...] = ()
+    released: tuple[str, ...] = ()
+    failed: tuple[tuple[str, str], ...] = ()
+    stopped: str | None = None
+
+    @property
+    def resolved(self) -> int:
+        """Attempts settled done or not done by this sweep."""
+        return sum(
+            1
+            for reconciliation in self.reconciled
+            for resolution in reconciliation.resolutions
+            if resolution.verdict is not Verdict.UNKNOWN
+        )
+
+    @property
+    def still_unknown(self) -> int:
+        """Attempts this sweep could not settle yet (before their fence, or for a person)."""
+        return sum(
+            1
+            for reconciliation in self.reconciled
+            for resolution in reconciliation.resolutions
+            if resolution.verdict is Verdict.UNKNOWN
+        )
 
 
 def _settled(state: State, closed_amount: int, amount: int, auto_close: bool) -> tuple[State, int]:
