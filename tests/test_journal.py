@@ -57,6 +57,7 @@ from ecpay_lifecycle import (
     plan_refund,
 )
 from ecpay_lifecycle._outcome import judge
+from ecpay_lifecycle._sqlite import SQLiteJournal
 
 MID = "3002607"
 OTHER_MID = "2000132"
@@ -79,10 +80,26 @@ def in_memory(request: pytest.FixtureRequest) -> JournalFactory:
     return InMemoryJournal
 
 
+def sqlite(request: pytest.FixtureRequest) -> JournalFactory:
+    """Empty SQLite journals, each a new file in a temporary directory of this module."""
+    folder = request.getfixturevalue("tmp_path_factory").mktemp("journals")
+    count = itertools.count()
+    made: list[SQLiteJournal] = []
+
+    def make() -> SQLiteJournal:
+        journal = SQLiteJournal(folder / f"journal-{next(count)}.db")
+        made.append(journal)
+        return journal
+
+    request.addfinalizer(lambda: [journal.close() for journal in made])
+    return make
+
+
 #: Every store the contract runs against: a function from the fixture request to a factory of
 #: empty journals, one line each.
 STORES = [
     pytest.param(in_memory, id="memory"),
+    pytest.param(sqlite, id="sqlite"),
 ]
 
 

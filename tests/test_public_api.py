@@ -22,6 +22,7 @@ EXPECTED = {
     "Outcome", "Reconciliation", "Resolution", "StepResult", "Verdict", "SweepReport",
     "AttemptRecord", "AttemptStatus", "InMemoryJournal", "Journal", "OperationRecord",
     "OperationStatus", "Claim", "ClaimStatus", "arbitrate", "OrderLocks", "ProcessOrderLocks",
+    "SQLiteJournal", "FileOrderLocks",
     # the exception tree
     "EcpayError", "InvalidArgument", "InvalidAmount", "ConfigurationError", "InvalidArgumentType",
     "RuleViolation", "RefundExceedsCaptured", "CodecError", "ProtocolError", "UnknownStatusError",

@@ -70,6 +70,7 @@ from ._protocol import (
     DoActionReply,
 )
 from ._rules import TAIPEI
+from ._sqlite import FileOrderLocks, SQLiteJournal
 
 __version__ = "0.1.0.dev0"
 
@@ -99,6 +100,7 @@ __all__ = [
     "DoActionReply",
     "EcpayError",
     "EnvelopeRejected",
+    "FileOrderLocks",
     "GatewayRefused",
     "GatewayStatus",
     "InMemoryJournal",
@@ -128,6 +130,7 @@ __all__ = [
     "ReplyMismatch",
     "Resolution",
     "RuleViolation",
+    "SQLiteJournal",
     "ServiceNotEnabled",
     "State",
     "Step",

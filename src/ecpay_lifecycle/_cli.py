@@ -2,8 +2,9 @@
 
 Subcommands: ``demo`` (the main job: the whole story through the real client against the
 embedded emulator), ``plan`` (ask the planner about one order, no network), ``serve`` (the
-emulator over HTTP on 127.0.0.1), ``diagram`` (write the lifecycle diagram from the machine).
-The command never prints a HashKey or HashIV.
+emulator over HTTP on 127.0.0.1), ``diagram`` (write the lifecycle diagram from the machine),
+and the operator commands of ``_ops.py``: ``sweep`` (resolve stuck operations by R22) and
+``journal`` (list operations). The command never prints a HashKey or HashIV.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from . import _ops
 from ._demo import run_demo
 from ._diagram import render_mermaid
 from ._exceptions import EcpayError, RuleViolation
@@ -105,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     diagram.add_argument("--output", type=pathlib.Path, default=DIAGRAM_PATH)
     diagram.add_argument("--stdout", action="store_true", help="print instead of writing")
     diagram.set_defaults(run=_run_diagram)
+    _ops.add_commands(commands)
     return parser
 
 

@@ -1346,6 +1346,10 @@ class Engine:
             if run.record.status is OperationStatus.RUNNING:
                 # An earlier step of a plan took effect but the operation stopped there.
                 run.save(status=OperationStatus.STOPPED)
+            if run.record.owner is not None and run.record.open_attempt is None:
+                # The owner's lease lapsed (a live one was skipped above): it died with this
+                # attempt in flight. Resolved now, the operation is nobody's (R23).
+                run.save(owner=None, lease_until=None)
             outcome = None
             if run.record.status is OperationStatus.SUCCEEDED and run.record.plan is not None:
                 outcome = outcome_of(run.record, replayed=False)

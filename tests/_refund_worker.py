@@ -1,0 +1,144 @@
+"""A shop worker as its own OS process, for tests/test_workers.py.
+
+``python _refund_worker.py URL JOURNAL ORDER AMOUNT KEY OFFSET [--die-at POINT] [--sweep]``
+
+It builds a ``Client`` on ``JOURNAL`` (a SQLite file, or a ``postgresql://`` URL) against the
+emulator served at ``URL``, with a clock ``OFFSET`` seconds ahead of the system's (so the test can
+move ECPay's time past a fence), prints ``ready``, waits for a line on stdin (so many workers
+start at once), optionally sweeps, then refunds ``AMOUNT`` TWD of ``ORDER`` under ``KEY`` and
+prints one JSON line: what it was told.
+
+``--die-at`` stops at one point of the refund, prints ``dying POINT`` and sleeps until killed:
+``before_record`` (the attempt is not written yet), ``after_record`` (written, not sent),
+``after_send`` (ECPay applied it; the reply never reaches the client), ``before_result`` (the
+reply arrived; its result is not written). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from ecpay_lifecycle import (
+    AttemptStatus,
+    Claim,
+    Client,
+    Credentials,
+    EcpayError,
+    Journal,
+    OperationRecord,
+)
+from ecpay_lifecycle._locks import OrderLocks
+from ecpay_lifecycle._ops import open_journal
+
+MID = "3002607"
+KEY, IV = "WorkerTestKey016", "WorkerTestIv0016"
+LONGEST = 60.0
+
+
+def say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def die(point: str) -> None:
+    say(f"dying {point}")
+    time.sleep(LONGEST)  # the test kills us long before
+    sys.exit(9)
+
+
+class Dying:
+    """The worker's journal, which stops the process at ``point``."""
+
+    def __init__(self, journal: Journal, point: str | None) -> None:
+        self._journal = journal
+        self._point = point
+
+    @property
+    def locks(self) -> OrderLocks:
+        return self._journal.locks
+
+    def claim(self, record: OperationRecord, *, now: dt.datetime) -> Claim:
+        return self._journal.claim(record, now=now)
+
+    def save(self, record: OperationRecord) -> OperationRecord:
+        last = record.attempts[-1] if record.attempts else None
+        sending = last is not None and last.status is AttemptStatus.SENDING
+        if sending and self._point == "before_record":
+            die("before_record")
+        resolving = last is not None and not sending and record.owner is not None
+        if resolving and self._point == "before_result" and last.status is AttemptStatus.DONE:
+            die("before_result")
+        stored = self._journal.save(record)
+        if sending and self._point == "after_record":
+            die("after_record")
+        return stored
+
+    def get(self, merchant_id: str, key: str) -> OperationRecord | None:
+        return self._journal.get(merchant_id, key)
+
+    def for_order(self, merchant_id: str, merchant_trade_no: str) -> Sequence[OperationRecord]:
+        return self._journal.for_order(merchant_id, merchant_trade_no)
+
+    def open_operations(
+        self, merchant_id: str | None = None, *, limit: int = 100
+    ) -> Sequence[OperationRecord]:
+        return self._journal.open_operations(merchant_id, limit=limit)
+
+
+class Transport(httpx.HTTPTransport):
+    def __init__(self, point: str | None) -> None:
+        super().__init__()
+        self._point = point
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if self._point == "after_send" and request.url.path.endswith("/Credit/DoAction"):
+            response.read()
+            die("after_send")
+        return response
+
+
+def main(argv: list[str]) -> int:
+    url, journal_spec, order, amount, key, offset = argv[:6]
+    flags = argv[6:]
+    point = flags[flags.index("--die-at") + 1] if "--die-at" in flags else None
+    shift = dt.timedelta(seconds=float(offset))
+
+    def clock() -> dt.datetime:
+        return dt.datetime.now(dt.UTC) + shift
+
+    journal = Dying(open_journal(journal_spec), point)
+    client = Client(
+        Credentials(MID, KEY, IV),
+        base_url=url,
+        transport=Transport(point),
+        clock=clock,
+        journal=journal,  # type: ignore[arg-type]
+        timeout=5.0,
+    )
+    say("ready")
+    sys.stdin.readline()
+    answer: dict[str, Any] = {}
+    try:
+        if "--sweep" in flags:
+            report = client.sweep()
+            answer["swept"] = report.resolved
+        outcome = client.refund(order, int(amount), idempotency_key=key)
+        answer.update(outcome="ok", replayed=outcome.replayed, refunded=outcome.refunded)
+    except EcpayError as error:
+        answer.update(outcome="error", error=type(error).__name__, message=str(error))
+    finally:
+        client.close()
+    say(json.dumps(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
