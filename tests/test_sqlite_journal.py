@@ -53,6 +53,7 @@ from ecpay_lifecycle import (
     OperationStatus,
     OrderLocks,
     OrderSnapshot,
+    OutcomeUnknown,
     OwnershipLost,
     PaymentKind,
     State,
@@ -862,7 +863,8 @@ def test_an_attempt_the_journal_cannot_record_is_never_sent(tmp_path: pathlib.Pa
 
 def test_an_attempt_is_on_disk_before_its_request_leaves(tmp_path: pathlib.Path) -> None:
     """The disk fills after SENDING was saved: the DoAction went out, its reply cannot be
-    recorded, and what is on disk is the attempt, open, so the order stays locked (R22)."""
+    recorded, and what is on disk is the attempt, open, so the order stays locked (R22). The
+    caller is told the outcome is unknown, never that nothing happened."""
     emulator = emulator_with_order()
     path = tmp_path / "ecpay.db"
     sending = FillsUp(path, after=lambda r: r.open_attempt is not None)
@@ -873,9 +875,11 @@ def test_an_attempt_is_on_disk_before_its_request_leaves(tmp_path: pathlib.Path)
             transport=httpx.MockTransport(emulator.handler),
             clock=emulator.clock,
         ) as client,
-        pytest.raises(JournalError, match="full"),
+        pytest.raises(OutcomeUnknown, match="journal could not record") as caught,
     ):
         client.refund("A1", 300, idempotency_key="r1")
+    assert isinstance(caught.value.__cause__, JournalError)
+    assert caught.value.retry_at is not None
     assert refunds(emulator) == 1
     record = SQLiteJournal(path).get(MID, "r1")
     assert record is not None

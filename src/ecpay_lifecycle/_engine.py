@@ -48,6 +48,7 @@ from ._exceptions import (
     GatewayRefused,
     InvalidArgument,
     InvalidArgumentType,
+    JournalError,
     OperationInProgress,
     OrderLocked,
     OutcomeUnknown,
@@ -948,6 +949,36 @@ class Engine:
             attempt.attempt,
             extra={**fields, "ecpay_attempt": attempt.attempt, "ecpay_outcome": "sending"},
         )
+        try:
+            return (
+                yield from self._send_and_settle(
+                    run, request, label, step, before=before, fields=fields
+                )
+            )
+        except JournalError as exc:
+            # The request may have left: its SENDING record stays open, so the order stays
+            # locked until R22 resolves it. The caller must not read this as "not done".
+            raise OutcomeUnknown(
+                f"{label} was sent, but the journal could not record what came back "
+                f"({exc.message}); it is resolved by R22 like a lost reply",
+                merchant_trade_no=order,
+                step=step if step is not None else label,
+                retry_at=attempt.resolvable_at,
+                idempotency_key=run.record.key,
+            ) from exc
+
+    def _send_and_settle(
+        self,
+        run: Run,
+        request: WireRequest,
+        label: str,
+        step: Step | None,
+        *,
+        before: OrderSnapshot,
+        fields: dict[str, object],
+    ) -> Flow[tuple[OrderSnapshot, DoActionReply | None]]:
+        """Send the recorded attempt and settle it by ECPay's reply (R21) or a query (R22)."""
+        order = before.merchant_trade_no
         lost: BaseException | None = None
         try:
             wire = yield request

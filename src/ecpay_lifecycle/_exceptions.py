@@ -372,5 +372,7 @@ class OwnershipLost(EcpayError):
 class JournalError(EcpayError):
     """The journal could not read or durably write a record (a file that is not a database, a
     schema from a newer version, a full disk, a database that refuses the connection or drops
-    it). The attempt could not be recorded, so its request was not sent; the message says what
-    to do."""
+    it); the message says what to do. A DoAction whose attempt could not be recorded is never
+    sent. When the record of what *came back* cannot be written, the client raises
+    :class:`OutcomeUnknown` instead (caused by this error): the attempt stays open in the
+    journal and is resolved by R22 like a lost reply."""

@@ -46,6 +46,7 @@ __all__ = [
     "OperationRecord",
     "OperationStatus",
     "arbitrate",
+    "check_save",
 ]
 
 _T = TypeVar("_T")
@@ -320,6 +321,27 @@ def arbitrate(
     return Claim(status=ClaimStatus.OWNER, record=stored, taken_over=taken_over), stored
 
 
+def check_save(stored: tuple[int, str, str] | None, record: OperationRecord) -> OperationRecord:
+    """Decide a conditional save (R23): ``stored`` is what the store holds for the record's key
+    as (revision, merchant_trade_no, request), or None. Return the record to write (revision +
+    1); raise :class:`~ecpay_lifecycle.OwnershipLost` when the revision moved, and
+    :class:`InvalidArgument` when the save would change what the operation is. Every store calls
+    this inside one atomic read-and-write, as it calls :func:`arbitrate` for claims."""
+    if stored is not None and stored[1:] != (record.merchant_trade_no, record.request):
+        raise InvalidArgument(
+            f"journal record {record.key!r} names another order or request than the "
+            "stored one; a save never changes what an operation is"
+        )
+    if stored is None or stored[0] != record.revision:
+        raise OwnershipLost(
+            f"journal record {record.key!r} changed since this worker read it (revision "
+            f"{record.revision}, now {None if stored is None else stored[0]}): another worker "
+            "owns or resolved the operation; nothing more is sent",
+            merchant_trade_no=record.merchant_trade_no,
+        )
+    return attrs.evolve(record, revision=record.revision + 1)
+
+
 @runtime_checkable
 class Journal(Protocol):
     """Where the clients record operations (spec section 9). A few methods, plain values.
@@ -401,22 +423,12 @@ class InMemoryJournal:
         """See :meth:`Journal.save`."""
         with self._lock:
             stored = self._records.get((record.merchant_id, record.key))
-            if stored is not None and (stored.merchant_trade_no, stored.request) != (
-                record.merchant_trade_no,
-                record.request,
-            ):
-                raise InvalidArgument(
-                    f"journal record {record.key!r} names another order or request than the "
-                    "stored one; a save never changes what an operation is"
-                )
-            if stored is None or stored.revision != record.revision:
-                raise OwnershipLost(
-                    f"journal record {record.key!r} changed since this worker read it (revision "
-                    f"{record.revision}, now {None if stored is None else stored.revision}): "
-                    "another worker owns or resolved the operation; nothing more is sent",
-                    merchant_trade_no=record.merchant_trade_no,
-                )
-            written = attrs.evolve(record, revision=record.revision + 1)
+            written = check_save(
+                None
+                if stored is None
+                else (stored.revision, stored.merchant_trade_no, stored.request),
+                record,
+            )
             self._store(written)
             return written
 

@@ -36,10 +36,8 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Final, TypeVar
 
-import attrs
-
-from ._exceptions import InvalidArgument, InvalidArgumentType, JournalError, OwnershipLost
-from ._journal import Claim, OperationRecord, arbitrate
+from ._exceptions import InvalidArgument, InvalidArgumentType, JournalError
+from ._journal import Claim, OperationRecord, arbitrate, check_save
 from ._locks import ProcessOrderLocks
 from ._models import check_aware
 
@@ -262,20 +260,9 @@ class SQLiteJournal:
                 "WHERE merchant_id = ? AND key = ?",
                 (record.merchant_id, record.key),
             ).fetchall()
-            stored = rows[0][0] if rows else None
-            if rows and tuple(rows[0][1:]) != (record.merchant_trade_no, record.request):
-                raise InvalidArgument(
-                    f"journal record {record.key!r} names another order or request than the "
-                    "stored one; a save never changes what an operation is"
-                )
-            if stored != record.revision:
-                raise OwnershipLost(
-                    f"journal record {record.key!r} changed since this worker read it (revision "
-                    f"{record.revision}, now {stored}): another worker owns or resolved the "
-                    "operation; nothing more is sent",
-                    merchant_trade_no=record.merchant_trade_no,
-                )
-            written = attrs.evolve(record, revision=record.revision + 1)
+            written = check_save(
+                (int(rows[0][0]), str(rows[0][1]), str(rows[0][2])) if rows else None, record
+            )
             self._write(connection, written, insert=False)
             return written
 
