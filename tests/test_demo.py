@@ -21,11 +21,14 @@ def test_story_facts_as_the_emulator_sees_them() -> None:
         "DEMO3": "to_close/refund 550",  # UnionPay: closed at authorization, R only (R8)
         "DEMO4": "to_close/refund 0",  # the lost reply: refunded once
         "DEMO5": "abandoned 0",  # full refund before the batch: E then N (R13)
+        "DEMO6": "to_close/refund 500",  # 900 settled, 400 refunded once by a worker that died
     }
     assert facts["bonus_order_refunds_applied_by_ecpay"] == 1
-    # R16: settled captures (700 + 12000 + 1500) and UnionPay's 800, less the refunds after
-    # settlement (200 + 250 + 1500), as the emulator keeps the balance.
-    assert facts["merchant_balance"] == 700 + 12000 + 1500 + 800 - 200 - 250 - 1500
+    # A worker died after ECPay applied its refund; the journal carried it: one refund.
+    assert facts["dead_worker_refunds_applied_by_ecpay"] == 1
+    # R16: settled captures (700 + 12000 + 1500 + 900) and UnionPay's 800, less the refunds
+    # after settlement (200 + 250 + 1500 + 400), as the emulator keeps the balance.
+    assert facts["merchant_balance"] == 700 + 12000 + 1500 + 900 + 800 - 200 - 250 - 1500 - 400
 
 
 def test_story_shows_each_documented_behaviour() -> None:
@@ -41,6 +44,17 @@ def test_story_shows_each_documented_behaviour() -> None:
     lost = by_asked["DEMO4", "refund all; the reply is lost"]
     assert lost.sent == "R(1500) reply lost, found done"
     assert by_asked["DEMO4", "the shop retries that request"].sent == "nothing (replayed)"
+    died = [r for r in rows if r.order == "DEMO6"]
+    assert [r.asked for r in died][1:] == [
+        "worker A: refund 400; dies",
+        "worker B: the shop retries",
+        "worker B: sweep",
+        "worker B: the shop retries",
+    ]
+    assert died[2].result == "in progress (R23)"
+    assert died[2].sent == "nothing"
+    assert died[3].result == "R(400) done"
+    assert died[4].sent == "nothing (replayed)"
 
 
 def test_demo_prints_a_table_and_never_the_keys() -> None:

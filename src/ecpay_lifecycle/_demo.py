@@ -8,22 +8,28 @@ made up at random for each run and never printed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import pathlib
 import secrets
 import string
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import attrs
 import httpx
 
 from ._client import Client
-from ._exceptions import EcpayError, RuleViolation
+from ._exceptions import EcpayError, OperationInProgress, RuleViolation
+from ._journal import AttemptStatus, Claim, OperationRecord
+from ._locks import OrderLocks
 from ._models import Action, PaymentKind
 from ._outcome import Outcome
 from ._protocol import Credentials
 from ._rules import TAIPEI
+from ._sqlite import SQLiteJournal
 from .emulator import Emulator, Endpoint, Fault
 
 __all__ = ["run_demo"]
@@ -52,18 +58,88 @@ def _random_key() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(16))
 
 
+class _WorkerDied(BaseException):
+    """The demo's first worker stops dead, as a process killed mid-refund would."""
+
+
+class _DiesAfterSending:
+    """A worker's view of the journal that dies once a sent DoAction's result is to be written:
+    ECPay applied the refund; the journal holds the attempt, open."""
+
+    def __init__(self, journal: SQLiteJournal) -> None:
+        self._journal = journal
+        self._dead = False
+
+    @property
+    def locks(self) -> OrderLocks:
+        return self._journal.locks
+
+    def claim(self, record: OperationRecord, *, now: dt.datetime) -> Claim:
+        return self._journal.claim(record, now=now)
+
+    def save(self, record: OperationRecord) -> OperationRecord:
+        last = record.attempts[-1] if record.attempts else None
+        if self._dead or (last is not None and last.status is AttemptStatus.DONE):
+            self._dead = True  # nothing a dead process would write reaches the journal
+            raise _WorkerDied
+        return self._journal.save(record)
+
+    def get(self, merchant_id: str, key: str) -> OperationRecord | None:
+        return self._journal.get(merchant_id, key)
+
+    def for_order(self, merchant_id: str, merchant_trade_no: str) -> Sequence[OperationRecord]:
+        return self._journal.for_order(merchant_id, merchant_trade_no)
+
+    def open_operations(
+        self, merchant_id: str | None = None, *, limit: int = 100
+    ) -> Sequence[OperationRecord]:
+        return self._journal.open_operations(merchant_id, limit=limit)
+
+
 class _Story:
-    def __init__(self, keys: tuple[str, str] | None) -> None:
+    def __init__(self, keys: tuple[str, str] | None, folder: pathlib.Path) -> None:
         self.emulator = Emulator(now=START)
         key, iv = keys if keys is not None else (_random_key(), _random_key())
         self.emulator.add_merchant(MERCHANT, key, iv, auto_close=True, balance=0)
-        self.client = Client(
-            Credentials(MERCHANT, key, iv, auto_close=True),
-            transport=httpx.MockTransport(self.emulator.handler),
-            clock=self.emulator.clock,
-        )
+        self.credentials = Credentials(MERCHANT, key, iv, auto_close=True)
+        # A durable journal, as several workers of a shop on one host would share it.
+        self.journal_path = folder / "ecpay.db"
+        self.client = self.worker(SQLiteJournal(self.journal_path))
         self.rows: list[Row] = []
         self.kinds: dict[str, PaymentKind] = {}
+
+    def worker(self, journal: Any) -> Client:
+        """A shop worker: its own Client, on the shared journal file."""
+        return Client(
+            self.credentials,
+            transport=httpx.MockTransport(self.emulator.handler),
+            clock=self.emulator.clock,
+            journal=journal,
+        )
+
+    def worker_dies(self, order: str, amount: int, key: str) -> None:
+        """A worker refunds; ECPay applies it; the worker dies before recording the result."""
+        doomed = self.worker(_DiesAfterSending(SQLiteJournal(self.journal_path)))
+        with doomed, contextlib.suppress(_WorkerDied):
+            doomed.refund(order, amount, idempotency_key=key)
+        self._row(
+            order,
+            f"worker A: refund {amount}; dies",
+            f"R({amount})",
+            f"R({amount}), then the worker died",
+            "?",
+            "ECPay applied it; the journal holds the attempt, open: the order is locked",
+        )
+
+    def sweep(self, note: str) -> None:
+        """Another worker's sweeper: resolves every stuck operation by R22."""
+        report = self.client.sweep()
+        for reconciliation in report.reconciled:
+            verdicts = ", ".join(
+                f"{r.action.value}({r.amount}) {r.verdict}" for r in reconciliation.resolutions
+            )
+            order = reconciliation.merchant_trade_no
+            self._row(order, "worker B: sweep", "-", "nothing", verdicts, note)
 
     def authorize(self, order: str, amount: int, kind: PaymentKind) -> None:
         self.emulator.authorize(MERCHANT, order, amount, kind=kind)
@@ -81,6 +157,9 @@ class _Story:
             self._row(
                 order, asked, "-", "nothing", f"refused {refusal.rule}", refusal.message + when
             )
+            return
+        except OperationInProgress as busy:
+            self._row(order, asked, "-", "nothing", "in progress (R23)", note or busy.message)
             return
         except EcpayError as error:
             self._row(order, asked, "-", "?", f"error {type(error).__name__}", str(error))
@@ -131,15 +210,22 @@ def _state(snapshot: Any) -> str:
 def tell_story(keys: tuple[str, str] | None = None) -> tuple[list[Row], dict[str, Any]]:
     """Run the demo's story and return its rows and the final facts (for tests and --json).
 
-    ``keys`` are the demo merchant's HashKey and HashIV; random for each run by default.
+    ``keys`` are the demo merchant's HashKey and HashIV; random for each run by default. The
+    journal is an :class:`SQLiteJournal` in a temporary directory, removed afterwards.
     """
-    story = _Story(keys)
+    with tempfile.TemporaryDirectory(prefix="ecpay-demo-") as folder:
+        return _tell(_Story(keys, pathlib.Path(folder)))
+
+
+def _tell(story: _Story) -> tuple[list[Row], dict[str, Any]]:
     one, inst, union, bonus, full = "DEMO1", "DEMO2", "DEMO3", "DEMO4", "DEMO5"
     story.authorize(one, 1000, PaymentKind.ONE_TIME)
     story.authorize(inst, 12000, PaymentKind.INSTALLMENT)
     story.authorize(union, 800, PaymentKind.UNIONPAY)
     story.authorize(bonus, 1500, PaymentKind.BONUS)
     story.authorize(full, 600, PaymentKind.ONE_TIME)
+    crash = "DEMO6"
+    story.authorize(crash, 900, PaymentKind.ONE_TIME)
 
     for order in (one, inst, bonus, full):
         story.act(order, "capture", lambda c, o=order: c.capture(o))  # type: ignore[misc]
@@ -175,17 +261,37 @@ def tell_story(keys: tuple[str, str] | None = None) -> tuple[list[Row], dict[str
         "same idempotency key: the recorded outcome comes back, nothing is sent",
     )
 
+    story.worker_dies(crash, 400, "shop-refund-4712")
+    story.act(
+        crash,
+        "worker B: the shop retries",
+        lambda c: c.refund(crash, 400, idempotency_key="shop-refund-4712"),
+        "worker A still owns it until its lease lapses (R23): nothing is sent",
+    )
+    story.clock_to(START.replace(hour=20, minute=47), "16 minutes later: past the fence")
+    story.sweep("a query shows the refund: done, recorded, the order is unlocked")
+    story.act(
+        crash,
+        "worker B: the shop retries",
+        lambda c: c.refund(crash, 400, idempotency_key="shop-refund-4712"),
+        "same idempotency key: the recorded outcome comes back, nothing is sent",
+    )
+
     refunds_applied = sum(
         1
         for event in story.emulator.events
         if event.merchant_trade_no == bonus and event.action is Action.REFUND and event.applied
     )
+    crash_refunds = sum(
+        1 for e in story.emulator.applied_do_actions(MERCHANT, crash) if e.action is Action.REFUND
+    )
     facts = {
         "orders": {
             order: _state(story.emulator.snapshot(MERCHANT, order))
-            for order in (one, inst, union, bonus, full)
+            for order in (one, inst, union, bonus, full, crash)
         },
         "bonus_order_refunds_applied_by_ecpay": refunds_applied,
+        "dead_worker_refunds_applied_by_ecpay": crash_refunds,
         "merchant_balance": story.emulator.balance(MERCHANT),
     }
     story.client.close()
@@ -221,6 +327,12 @@ def run_demo(*, json_output: bool, out: TextIO, keys: tuple[str, str] | None = N
     print(
         f"the lost reply: ECPay applied the bonus order's refund "
         f"{facts['bonus_order_refunds_applied_by_ecpay']} time(s); no double refund.",
+        file=out,
+    )
+    print(
+        f"the dead worker: ECPay applied DEMO6's refund "
+        f"{facts['dead_worker_refunds_applied_by_ecpay']} time(s); the journal (SQLite, in a "
+        "temporary directory) carried it across workers.",
         file=out,
     )
     return 0
