@@ -17,6 +17,7 @@ import datetime as dt
 import itertools
 import json
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _pg import postgres_dsn  # noqa: F401  # the throwaway PostgreSQL server
 from ecpay_lifecycle import (
     TAIPEI,
     Action,
@@ -57,6 +59,7 @@ from ecpay_lifecycle import (
     plan_refund,
 )
 from ecpay_lifecycle._outcome import judge
+from ecpay_lifecycle._postgres import PostgresJournal
 from ecpay_lifecycle._sqlite import SQLiteJournal
 
 MID = "3002607"
@@ -95,11 +98,32 @@ def sqlite(request: pytest.FixtureRequest) -> JournalFactory:
     return make
 
 
+def postgres(request: pytest.FixtureRequest) -> JournalFactory:
+    """Empty PostgreSQL journals on the throwaway server (tests/_pg.py), each in a new schema."""
+    dsn = request.getfixturevalue("postgres_dsn")
+    count = itertools.count()
+    made: list[PostgresJournal] = []
+    run = uuid.uuid4().hex[:8]
+
+    def make() -> PostgresJournal:
+        # One journal in use at a time (hypothesis takes one per example): close the last one,
+        # so the server's connection slots are not used up.
+        while made:
+            made.pop().close()
+        journal = PostgresJournal(dsn, schema=f"contract_{run}_{next(count)}", max_size=2)
+        made.append(journal)
+        return journal
+
+    request.addfinalizer(lambda: [journal.close() for journal in made])
+    return make
+
+
 #: Every store the contract runs against: a function from the fixture request to a factory of
 #: empty journals, one line each.
 STORES = [
     pytest.param(in_memory, id="memory"),
     pytest.param(sqlite, id="sqlite"),
+    pytest.param(postgres, id="postgres"),
 ]
 
 

@@ -22,7 +22,8 @@ EXPECTED = {
     "Outcome", "Reconciliation", "Resolution", "StepResult", "Verdict", "SweepReport",
     "AttemptRecord", "AttemptStatus", "InMemoryJournal", "Journal", "OperationRecord",
     "OperationStatus", "Claim", "ClaimStatus", "arbitrate", "OrderLocks", "ProcessOrderLocks",
-    "SQLiteJournal", "FileOrderLocks",
+    "SQLiteJournal", "FileOrderLocks", "PostgresJournal", "PostgresOrderLocks",
+    "PostgresLeaseLocks",
     # the exception tree
     "EcpayError", "InvalidArgument", "InvalidAmount", "ConfigurationError", "InvalidArgumentType",
     "RuleViolation", "RefundExceedsCaptured", "CodecError", "ProtocolError", "UnknownStatusError",

@@ -60,6 +60,7 @@ from ._models import (
 )
 from ._outcome import Outcome, Reconciliation, Resolution, StepResult, SweepReport, Verdict
 from ._planner import plan_abandon, plan_capture, plan_refund
+from ._postgres import PostgresJournal, PostgresLeaseLocks, PostgresOrderLocks
 from ._protocol import (
     PRODUCTION_URL,
     STAGE_URL,
@@ -122,6 +123,9 @@ __all__ = [
     "PaymentKind",
     "Plan",
     "PlanInterrupted",
+    "PostgresJournal",
+    "PostgresLeaseLocks",
+    "PostgresOrderLocks",
     "ProcessOrderLocks",
     "ProtocolError",
     "RateLimited",
