@@ -1,7 +1,8 @@
 """Several OS processes on one durable journal, and workers killed with ``kill -9`` (issue 9).
 
 Each worker is its own Python process (``tests/_refund_worker.py``) with a ``Client`` on a
-shared ``SQLiteJournal`` file, against the emulator served over real HTTP in this process. Money
+shared journal, an ``SQLiteJournal`` file or a ``PostgresJournal`` on the throwaway server (every
+test runs on both), against the emulator served over real HTTP in this process. Money
 is counted on the emulator's books (``applied_do_actions``), never on a worker's word.
 
 - 8 processes refund the same order under the same key at the same moment: one application;
@@ -31,8 +32,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from _pg import postgres_dsn  # noqa: F401  # the throwaway PostgreSQL server
 from ecpay_lifecycle import TAIPEI, Action, AttemptStatus
-from ecpay_lifecycle._sqlite import SQLiteJournal
+from ecpay_lifecycle._ops import open_journal
 from ecpay_lifecycle.emulator import Emulator, serving
 
 MID = "3002607"
@@ -41,6 +43,22 @@ WORKER = pathlib.Path(__file__).resolve().parent / "_refund_worker.py"
 POINTS = ("before_record", "after_record", "after_send", "before_result")
 TRIALS = int(os.environ.get("ECPAY_KILL_TRIALS", "50"))
 LONGEST = 30.0
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def journal(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
+    """Where every worker keeps its journal: a SQLite file, or a PostgreSQL URL (own schema)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ecpay.db")
+    dsn: str = request.getfixturevalue("postgres_dsn")
+    parts = dict(item.split("=", 1) for item in dsn.split())
+    # A fresh database per test keeps the tests apart (the schema is the library's own).
+    name = f"w{os.getpid()}_{time.monotonic_ns()}"
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql://{parts['user']}@{parts['host']}:{parts['port']}/{name}"
 
 
 @pytest.fixture
@@ -109,10 +127,9 @@ def refunds(emulator: Emulator, order: str) -> list[int]:
 
 
 def test_eight_processes_with_the_same_key_refund_once(
-    served: tuple[Emulator, str], tmp_path: pathlib.Path
+    served: tuple[Emulator, str], journal: str
 ) -> None:
     emulator, url = served
-    journal = str(tmp_path / "ecpay.db")
     settled(emulator, "SAME1")
     workers = [Worker(url, journal, "SAME1", 300, "k-same", offset(emulator)) for _ in range(8)]
     for worker in workers:
@@ -125,16 +142,15 @@ def test_eight_processes_with_the_same_key_refund_once(
     assert len(fresh) == 1, answers
     assert set(told) <= {"ok", "replayed", "OperationInProgress"}, told
     assert refunds(emulator, "SAME1") == [300]
-    with SQLiteJournal(journal) as store:
-        records = store.for_order(MID, "SAME1")
-    assert [r.owner for r in records] == [None]
+    store = open_journal(journal)
+    assert [r.owner for r in store.for_order(MID, "SAME1")] == [None]
+    store.close()  # type: ignore[attr-defined]
 
 
 def test_eight_processes_with_different_keys_never_refund_more_than_was_captured(
-    served: tuple[Emulator, str], tmp_path: pathlib.Path
+    served: tuple[Emulator, str], journal: str
 ) -> None:
     emulator, url = served
-    journal = str(tmp_path / "ecpay.db")
     settled(emulator, "MANY1", 1000)
     workers = [Worker(url, journal, "MANY1", 300, f"k-{n}", offset(emulator)) for n in range(8)]
     for worker in workers:
@@ -145,8 +161,9 @@ def test_eight_processes_with_different_keys_never_refund_more_than_was_captured
     assert len(done) == 3  # 3 x 300 of 1,000; the rest is refused by R10
     assert {a["error"] for a in refused} == {"RefundExceedsCaptured"}, refused
     assert sum(refunds(emulator, "MANY1")) == 900
-    with SQLiteJournal(journal) as store:
-        records = store.for_order(MID, "MANY1")
+    store = open_journal(journal)
+    records = store.for_order(MID, "MANY1")
+    store.close()  # type: ignore[attr-defined]
     assert all(r.open_attempt is None and r.owner is None for r in records)
 
 
@@ -157,12 +174,11 @@ def outside_the_batch_window(emulator: Emulator) -> None:
 
 
 def test_a_worker_killed_at_any_point_of_a_refund_refunds_exactly_once(
-    served: tuple[Emulator, str], tmp_path: pathlib.Path
+    served: tuple[Emulator, str], journal: str
 ) -> None:
     emulator, url = served
-    journal = str(tmp_path / "ecpay.db")
-    store = SQLiteJournal(journal)
-    request_closing = store.close
+    store = open_journal(journal)
+    request_closing = store.close  # type: ignore[attr-defined]
     seen: collections.Counter[str] = collections.Counter()
     started = time.monotonic()
     for trial in range(TRIALS):
@@ -190,6 +206,6 @@ def test_a_worker_killed_at_any_point_of_a_refund_refunds_exactly_once(
         seen[f"{point}: {'replayed' if answer['replayed'] else 'sent after the restart'}"] += 1
     request_closing()
     print(  # the figures the closing note quotes
-        f"\nkill -9: {TRIALS} trials in {time.monotonic() - started:.0f} s, one application "
-        f"each; {dict(sorted(seen.items()))}"
+        f"\nkill -9 ({'postgresql' if '://' in journal else 'sqlite'}): {TRIALS} trials in "
+        f"{time.monotonic() - started:.0f} s, one application each; {dict(sorted(seen.items()))}"
     )
