@@ -63,7 +63,9 @@ def journal(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
 
 @pytest.fixture
 def served() -> Iterator[tuple[Emulator, str]]:
-    emulator = Emulator(now=dt.datetime.now(dt.UTC))
+    # ECPay's time is the emulator's, away from the 20:15 window whatever the wall clock says;
+    # each worker's clock is the system's plus the offset to it (``offset``).
+    emulator = Emulator(now=dt.datetime(2026, 8, 3, 10, 0, tzinfo=TAIPEI))
     emulator.add_merchant(MID, KEY, IV, balance=10**9)
     with serving(emulator) as url:
         yield emulator, url

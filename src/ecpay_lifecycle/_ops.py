@@ -2,7 +2,9 @@
 
 ``sweep`` resolves every stuck operation (spec 9, R22) and ``journal`` lists records for people.
 Credentials come from the environment only (``ECPAY_MERCHANT_ID``, ``ECPAY_HASH_KEY``,
-``ECPAY_HASH_IV``, ``ECPAY_PLATFORM_ID``, ``ECPAY_BASE_URL``), never from the command line,
+``ECPAY_HASH_IV``, ``ECPAY_PLATFORM_ID``, ``ECPAY_BASE_URL``, and ``ECPAY_AUTO_CLOSE``: the
+merchant's daily auto-close setting, ``1`` by default, ``0`` when it is off), never from the
+command line,
 where the process list would show them. The journal comes from ``--journal`` or
 ``ECPAY_JOURNAL``: a file path (SQLite) or a ``postgresql://`` URL.
 
@@ -117,11 +119,15 @@ def credentials_from_environment() -> tuple[Credentials, str]:
             f"set {', '.join(missing)} in the environment (credentials are never taken from "
             "the command line, where the process list shows them)"
         )
+    auto_close = os.environ.get("ECPAY_AUTO_CLOSE", "1").strip().lower()
+    if auto_close not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+        raise ConfigurationError("ECPAY_AUTO_CLOSE must be 1 or 0 (the merchant's auto-close)")
     credentials = Credentials(
         os.environ["ECPAY_MERCHANT_ID"],
         os.environ["ECPAY_HASH_KEY"],
         os.environ["ECPAY_HASH_IV"],
         platform_id=os.environ.get("ECPAY_PLATFORM_ID", ""),
+        auto_close=auto_close in ("1", "true", "yes", "on"),
     )
     return credentials, os.environ.get("ECPAY_BASE_URL") or PRODUCTION_URL
 
