@@ -93,8 +93,8 @@ def refunds(emulator: Emulator) -> int:
 
 def test_a_worker_dead_after_sending_is_taken_over_and_its_refund_found_done() -> None:
     emulator, journal = world()
-    # Saves: the plan, then SENDING; the reply's save never arrives.
-    with client(emulator, DyingJournal(journal, saves=2)) as dying, pytest.raises(Died):
+    # One save, the attempt (with its plan) before sending; the reply's save never arrives.
+    with client(emulator, DyingJournal(journal, saves=1)) as dying, pytest.raises(Died):
         dying.refund("A1", 300, idempotency_key="k")
     assert refunds(emulator) == 1
     (record,) = journal.for_order(MID, "A1")
@@ -133,7 +133,7 @@ def test_a_worker_dead_before_its_request_left_is_sent_once_after_the_fence() ->
             Credentials(MID, KEY, IV),
             transport=Hang(),
             clock=emulator.clock,
-            journal=DyingJournal(journal, saves=2),
+            journal=DyingJournal(journal, saves=1),
         ) as dying,
         pytest.raises(Died),
     ):

@@ -32,7 +32,7 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import attrs
@@ -213,6 +213,12 @@ class Run:
             changes["lease_until"] = now + self._lease
         self.record = self._journal.save(attrs.evolve(self.record, updated_at=now, **changes))
 
+    def stage(self, **changes: Any) -> None:
+        """Change the record here and write it with the next save: for facts that need not be
+        durable on their own (the plan is recomputed from a fresh query if the worker dies
+        before its first attempt is recorded). One fsync fewer per operation."""
+        self.record = attrs.evolve(self.record, **changes)
+
     def sending(self, attempt: AttemptRecord) -> None:
         self.save(attempts=(*self.record.attempts, attempt), status=OperationStatus.RUNNING)
 
@@ -236,7 +242,11 @@ class Run:
         plan = self.record.plan
         final_step = plan is None or last.index == len(plan.steps) - 1
         if status is AttemptStatus.DONE and final_step:
-            self.save(attempts=attempts, status=OperationStatus.SUCCEEDED, final=observed)
+            # Done: nothing more is sent, so ownership ends in the same write (R23).
+            ownership = {"owner": None, "lease_until": None} if self.owner is not None else {}
+            self.save(
+                attempts=attempts, status=OperationStatus.SUCCEEDED, final=observed, **ownership
+            )
         elif status is AttemptStatus.DONE:
             self.save(attempts=attempts, status=OperationStatus.RUNNING)
         elif status is AttemptStatus.UNKNOWN:
@@ -696,13 +706,19 @@ class Engine:
         return (yield from self.detail_flow(merchant_trade_no, trade_no, kind))
 
     def _known(
-        self, merchant_trade_no: str, trade_no: str | None, kind: PaymentKind | None
+        self,
+        merchant_trade_no: str,
+        trade_no: str | None,
+        kind: PaymentKind | None,
+        records: Sequence[OperationRecord] | None = None,
     ) -> tuple[str | None, PaymentKind | None]:
         """TradeNo and kind as the caller gave them, else as the journal learned them before
-        (so Cashier/QueryTrade runs at most once per order)."""
+        (so Cashier/QueryTrade runs at most once per order). ``records``: the order's records
+        if the caller has read them already."""
         if trade_no is not None and kind is not None:
             return trade_no, kind
-        records = self.journal.for_order(self.credentials.merchant_id, merchant_trade_no)
+        if records is None:
+            records = self.journal.for_order(self.credentials.merchant_id, merchant_trade_no)
         for record in reversed(records):
             seen = record.before
             if seen is None and record.attempts:
@@ -733,11 +749,16 @@ class Engine:
         return fields
 
     def unresolved(
-        self, merchant_trade_no: str, *, but: str | None = None
+        self,
+        merchant_trade_no: str,
+        *,
+        but: str | None = None,
+        records: Sequence[OperationRecord] | None = None,
     ) -> OperationRecord | None:
         """The operation (other than ``but``) whose unresolved step locks the order (spec 9)."""
-        merchant_id = self.credentials.merchant_id
-        for record in self.journal.for_order(merchant_id, merchant_trade_no):
+        if records is None:
+            records = self.journal.for_order(self.credentials.merchant_id, merchant_trade_no)
+        for record in records:
             if record.key != but and record.open_attempt is not None:
                 return record
         return None
@@ -773,7 +794,6 @@ class Engine:
             replay = self._reclaim(run, call)
             if replay is not None:
                 return replay
-            trade_no, kind = self._known(order, call.trade_no, call.kind)
             current: OrderSnapshot | None = None
             attempt = run.record.open_attempt
             if attempt is not None:
@@ -786,14 +806,18 @@ class Engine:
                     _release(run)
                     return outcome_of(run.record, replayed=False)
                 current = observed
-            blocking = self.unresolved(order, but=run.record.key)
+            # The order's records, read once for the lock check, the kind and the fresh check
+            # (a durable store decodes each record it reads).
+            records = self.journal.for_order(self.credentials.merchant_id, order)
+            blocking = self.unresolved(order, but=run.record.key, records=records)
             if blocking is not None:
                 raise self.locked(order, blocking)
             if current is None:
+                trade_no, kind = self._known(order, call.trade_no, call.kind, records)
                 current = yield from self.query_flow(order, trade_no, kind)
-            self._check_fresh(run, current)
+            self._check_fresh(run, current, records)
             plan = self._plan(call, current)
-            run.save(plan=plan, before=run.record.before or current, final=None)
+            run.stage(plan=plan, before=run.record.before or current, final=None)
             _log.info(
                 "order %s: %s planned as %s",
                 order,
@@ -846,7 +870,9 @@ class Engine:
             idempotency_key=run.record.key,
         )
 
-    def _check_fresh(self, run: Run, observed: OrderSnapshot) -> None:
+    def _check_fresh(
+        self, run: Run, observed: OrderSnapshot, records: Sequence[OperationRecord]
+    ) -> None:
         """Hold a planning query against the last step proven done on this order (R21, R4).
 
         A query showing exactly the order as it was *before* that step, while the step is still
@@ -858,7 +884,7 @@ class Engine:
         order = observed.merchant_trade_no
         proven = [
             attempt
-            for record in self.journal.for_order(self.credentials.merchant_id, order)
+            for record in records
             for attempt in record.attempts
             if attempt.status is AttemptStatus.DONE and attempt.step is not None
         ]
