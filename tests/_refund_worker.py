@@ -72,8 +72,8 @@ class Dying:
         sending = last is not None and last.status is AttemptStatus.SENDING
         if sending and self._point == "before_record":
             die("before_record")
-        resolving = last is not None and not sending and record.owner is not None
-        if resolving and self._point == "before_result" and last.status is AttemptStatus.DONE:
+        done = last is not None and last.status is AttemptStatus.DONE
+        if done and self._point == "before_result":
             die("before_result")
         stored = self._journal.save(record)
         if sending and self._point == "after_record":
