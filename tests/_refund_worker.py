@@ -20,21 +20,19 @@ import datetime as dt
 import json
 import sys
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
 from ecpay_lifecycle import (
     AttemptStatus,
-    Claim,
     Client,
     Credentials,
     EcpayError,
     Journal,
     OperationRecord,
 )
-from ecpay_lifecycle._locks import OrderLocks
+from ecpay_lifecycle._journal import JournalWrapper
 from ecpay_lifecycle._ops import open_journal
 
 MID = "3002607"
@@ -53,19 +51,12 @@ def die(point: str) -> None:
     sys.exit(9)
 
 
-class Dying:
+class Dying(JournalWrapper):
     """The worker's journal, which stops the process at ``point``."""
 
     def __init__(self, journal: Journal, point: str | None) -> None:
-        self._journal = journal
+        super().__init__(journal)
         self._point = point
-
-    @property
-    def locks(self) -> OrderLocks:
-        return self._journal.locks
-
-    def claim(self, record: OperationRecord, *, now: dt.datetime) -> Claim:
-        return self._journal.claim(record, now=now)
 
     def save(self, record: OperationRecord) -> OperationRecord:
         last = record.attempts[-1] if record.attempts else None
@@ -75,21 +66,10 @@ class Dying:
         done = last is not None and last.status is AttemptStatus.DONE
         if done and self._point == "before_result":
             die("before_result")
-        stored = self._journal.save(record)
+        stored = super().save(record)
         if sending and self._point == "after_record":
             die("after_record")
         return stored
-
-    def get(self, merchant_id: str, key: str) -> OperationRecord | None:
-        return self._journal.get(merchant_id, key)
-
-    def for_order(self, merchant_id: str, merchant_trade_no: str) -> Sequence[OperationRecord]:
-        return self._journal.for_order(merchant_id, merchant_trade_no)
-
-    def open_operations(
-        self, merchant_id: str | None = None, *, limit: int = 100
-    ) -> Sequence[OperationRecord]:
-        return self._journal.open_operations(merchant_id, limit=limit)
 
 
 class Transport(httpx.HTTPTransport):
@@ -120,7 +100,7 @@ def main(argv: list[str]) -> int:
         base_url=url,
         transport=Transport(point),
         clock=clock,
-        journal=journal,  # type: ignore[arg-type]
+        journal=journal,
         timeout=5.0,
     )
     say("ready")

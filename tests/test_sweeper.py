@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Sequence
 
 import httpx
 import pytest
@@ -15,16 +14,16 @@ from ecpay_lifecycle import (
     TAIPEI,
     Action,
     AsyncClient,
-    Claim,
     Client,
     Credentials,
     GatewayStatus,
     InMemoryJournal,
+    Journal,
     OperationRecord,
     OutcomeUnknown,
-    ProcessOrderLocks,
     Verdict,
 )
+from ecpay_lifecycle._journal import JournalWrapper
 from ecpay_lifecycle.emulator import Emulator, Endpoint, Fault
 
 MID = "3002607"
@@ -41,7 +40,7 @@ def emulator() -> Emulator:
     return made
 
 
-def client_of(emulator: Emulator, journal: InMemoryJournal | None = None) -> Client:
+def client_of(emulator: Emulator, journal: Journal | None = None) -> Client:
     return Client(
         Credentials(MID, KEY, IV),
         transport=httpx.MockTransport(emulator.handler),
@@ -130,36 +129,18 @@ def test_what_only_a_person_can_settle_backs_off(emulator: Emulator) -> None:
         ]
 
 
-class FrozenOwner:
+class FrozenOwner(JournalWrapper):
     """A journal whose writer is gone after ``saves`` saves: its operation stays owned."""
 
     def __init__(self, journal: InMemoryJournal, saves: int) -> None:
-        self._journal = journal
+        super().__init__(journal)
         self._left = saves
-
-    @property
-    def locks(self) -> ProcessOrderLocks:
-        return self._journal.locks
-
-    def claim(self, record: OperationRecord, *, now: dt.datetime) -> Claim:
-        return self._journal.claim(record, now=now)
 
     def save(self, record: OperationRecord) -> OperationRecord:
         if self._left <= 0:
             raise KeyboardInterrupt  # the worker is gone
         self._left -= 1
-        return self._journal.save(record)
-
-    def get(self, merchant_id: str, key: str) -> OperationRecord | None:
-        return self._journal.get(merchant_id, key)
-
-    def for_order(self, merchant_id: str, merchant_trade_no: str) -> Sequence[OperationRecord]:
-        return self._journal.for_order(merchant_id, merchant_trade_no)
-
-    def open_operations(
-        self, merchant_id: str | None = None, *, limit: int = 100
-    ) -> Sequence[OperationRecord]:
-        return self._journal.open_operations(merchant_id, limit=limit)
+        return super().save(record)
 
 
 def test_orders_a_live_owner_runs_are_left_to_it_and_lapsed_owners_are_released(
@@ -167,7 +148,7 @@ def test_orders_a_live_owner_runs_are_left_to_it_and_lapsed_owners_are_released(
 ) -> None:
     journal = InMemoryJournal()
     with (
-        client_of(emulator, FrozenOwner(journal, saves=0)) as gone,  # type: ignore[arg-type]
+        client_of(emulator, FrozenOwner(journal, saves=0)) as gone,
         pytest.raises(KeyboardInterrupt),
     ):
         gone.refund("C3", 300, idempotency_key="k-C3")  # claimed, then the worker vanished

@@ -9,7 +9,6 @@ of the next issue; this proves the engine's side of the contract. Counted on ECP
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 
 import httpx
 import pytest
@@ -18,15 +17,14 @@ from ecpay_lifecycle import (
     TAIPEI,
     Action,
     AttemptStatus,
-    Claim,
     Client,
     Credentials,
     InMemoryJournal,
     OperationInProgress,
     OperationRecord,
     OutcomeUnknown,
-    ProcessOrderLocks,
 )
+from ecpay_lifecycle._journal import JournalWrapper
 from ecpay_lifecycle.emulator import Emulator, Endpoint, Fault
 
 MID = "3002607"
@@ -38,36 +36,18 @@ class Died(BaseException):
     """The process is gone: nothing after this reaches the journal."""
 
 
-class DyingJournal:
+class DyingJournal(JournalWrapper):
     """An ``InMemoryJournal`` whose writer dies once it has written ``saves`` records."""
 
     def __init__(self, journal: InMemoryJournal, saves: int) -> None:
-        self._journal = journal
+        super().__init__(journal)
         self._left = saves
-
-    @property
-    def locks(self) -> ProcessOrderLocks:
-        return self._journal.locks
-
-    def claim(self, record: OperationRecord, *, now: dt.datetime) -> Claim:
-        return self._journal.claim(record, now=now)
 
     def save(self, record: OperationRecord) -> OperationRecord:
         if self._left <= 0:
             raise Died
         self._left -= 1
-        return self._journal.save(record)
-
-    def get(self, merchant_id: str, key: str) -> OperationRecord | None:
-        return self._journal.get(merchant_id, key)
-
-    def for_order(self, merchant_id: str, merchant_trade_no: str) -> Sequence[OperationRecord]:
-        return self._journal.for_order(merchant_id, merchant_trade_no)
-
-    def open_operations(
-        self, merchant_id: str | None = None, *, limit: int = 100
-    ) -> Sequence[OperationRecord]:
-        return self._journal.open_operations(merchant_id, limit=limit)
+        return super().save(record)
 
 
 def world() -> tuple[Emulator, InMemoryJournal]:

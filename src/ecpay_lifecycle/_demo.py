@@ -15,7 +15,7 @@ import pathlib
 import secrets
 import string
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import attrs
@@ -23,8 +23,7 @@ import httpx
 
 from ._client import Client
 from ._exceptions import EcpayError, OperationInProgress, RuleViolation
-from ._journal import AttemptStatus, Claim, OperationRecord
-from ._locks import OrderLocks
+from ._journal import AttemptStatus, JournalWrapper, OperationRecord
 from ._models import Action, PaymentKind
 from ._outcome import Outcome
 from ._protocol import Credentials
@@ -62,38 +61,20 @@ class _WorkerDied(BaseException):
     """The demo's first worker stops dead, as a process killed mid-refund would."""
 
 
-class _DiesAfterSending:
+class _DiesAfterSending(JournalWrapper):
     """A worker's view of the journal that dies once a sent DoAction's result is to be written:
     ECPay applied the refund; the journal holds the attempt, open."""
 
     def __init__(self, journal: SQLiteJournal) -> None:
-        self._journal = journal
+        super().__init__(journal)
         self._dead = False
-
-    @property
-    def locks(self) -> OrderLocks:
-        return self._journal.locks
-
-    def claim(self, record: OperationRecord, *, now: dt.datetime) -> Claim:
-        return self._journal.claim(record, now=now)
 
     def save(self, record: OperationRecord) -> OperationRecord:
         last = record.attempts[-1] if record.attempts else None
         if self._dead or (last is not None and last.status is AttemptStatus.DONE):
             self._dead = True  # nothing a dead process would write reaches the journal
             raise _WorkerDied
-        return self._journal.save(record)
-
-    def get(self, merchant_id: str, key: str) -> OperationRecord | None:
-        return self._journal.get(merchant_id, key)
-
-    def for_order(self, merchant_id: str, merchant_trade_no: str) -> Sequence[OperationRecord]:
-        return self._journal.for_order(merchant_id, merchant_trade_no)
-
-    def open_operations(
-        self, merchant_id: str | None = None, *, limit: int = 100
-    ) -> Sequence[OperationRecord]:
-        return self._journal.open_operations(merchant_id, limit=limit)
+        return super().save(record)
 
 
 class _Story:

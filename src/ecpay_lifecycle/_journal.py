@@ -43,6 +43,7 @@ __all__ = [
     "ClaimStatus",
     "InMemoryJournal",
     "Journal",
+    "JournalWrapper",
     "OperationRecord",
     "OperationStatus",
     "arbitrate",
@@ -373,6 +374,41 @@ class Journal(Protocol):
     ) -> Sequence[OperationRecord]:
         """Records with an open attempt or an owner (the sweeper's work), least recently
         updated first, at most ``limit``. A durable store answers from an index."""
+
+
+class JournalWrapper:
+    """A :class:`Journal` that hands every call to another one; subclass it to watch or change
+    one call (the demo's dying worker, the tests' crash points) without rewriting the rest."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.wrapped = journal
+
+    @property
+    def locks(self) -> OrderLocks:
+        """The wrapped journal's locks."""
+        return self.wrapped.locks
+
+    def claim(self, record: OperationRecord, *, now: dt.datetime) -> Claim:
+        """See :meth:`Journal.claim`."""
+        return self.wrapped.claim(record, now=now)
+
+    def save(self, record: OperationRecord) -> OperationRecord:
+        """See :meth:`Journal.save`."""
+        return self.wrapped.save(record)
+
+    def get(self, merchant_id: str, key: str) -> OperationRecord | None:
+        """See :meth:`Journal.get`."""
+        return self.wrapped.get(merchant_id, key)
+
+    def for_order(self, merchant_id: str, merchant_trade_no: str) -> Sequence[OperationRecord]:
+        """See :meth:`Journal.for_order`."""
+        return self.wrapped.for_order(merchant_id, merchant_trade_no)
+
+    def open_operations(
+        self, merchant_id: str | None = None, *, limit: int = 100
+    ) -> Sequence[OperationRecord]:
+        """See :meth:`Journal.open_operations`."""
+        return self.wrapped.open_operations(merchant_id, limit=limit)
 
 
 class InMemoryJournal:
