@@ -47,7 +47,9 @@ __all__ = [
     "OperationRecord",
     "OperationStatus",
     "arbitrate",
+    "check_record",
     "check_save",
+    "check_text",
 ]
 
 _T = TypeVar("_T")
@@ -320,6 +322,19 @@ def arbitrate(
         revision=existing.revision + 1,
     )
     return Claim(status=ClaimStatus.OWNER, record=stored, taken_over=taken_over), stored
+
+
+def check_record(record: object) -> None:
+    """A store's argument check: ``record`` must be an :class:`OperationRecord`."""
+    if not isinstance(record, OperationRecord):
+        raise InvalidArgumentType(f"record must be an OperationRecord, not {type(record).__name__}")
+
+
+def check_text(**values: object) -> None:
+    """A store's argument check: every value named must be a ``str``."""
+    for name, value in values.items():
+        if not isinstance(value, str):
+            raise InvalidArgumentType(f"{name} must be a str, not {type(value).__name__}")
 
 
 def check_save(stored: tuple[int, str, str] | None, record: OperationRecord) -> OperationRecord:

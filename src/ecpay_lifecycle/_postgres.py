@@ -50,7 +50,7 @@ from ._exceptions import (
     JournalError,
     OwnershipLost,
 )
-from ._journal import Claim, OperationRecord, arbitrate
+from ._journal import Claim, OperationRecord, arbitrate, check_record, check_text
 from ._locks import ProcessOrderLocks
 from ._models import check_aware
 
@@ -596,7 +596,7 @@ class PostgresJournal:
         (``SELECT ... FOR UPDATE``), decided and written in one transaction. A connection lost
         mid-claim is retried once on another: the same owner claiming again is its own renewal,
         so a claim that did commit is not refused as busy."""
-        _check_record(record)
+        check_record(record)
         check_aware(now, field="now")
         new, created = arbitrate(None, record, now)
         assert created is not None  # arbitrate always writes a record nobody holds
@@ -626,7 +626,7 @@ class PostgresJournal:
 
         A connection lost mid-save is retried once on another; if the first write did commit,
         the row already holds exactly the record written, and that is the answer."""
-        _check_record(record)
+        check_record(record)
         written = attrs.evolve(record, revision=record.revision + 1)
         values = self._values(written)
         values["expected"] = record.revision
@@ -658,13 +658,13 @@ class PostgresJournal:
 
     def get(self, merchant_id: str, key: str) -> OperationRecord | None:
         """See :meth:`Journal.get`."""
-        _check_text(merchant_id=merchant_id, key=key)
+        check_text(merchant_id=merchant_id, key=key)
         rows = self._read(f"read operation {key!r}", self._sql_get, (merchant_id, key))
         return self._decode(rows[0][0], key) if rows else None
 
     def for_order(self, merchant_id: str, merchant_trade_no: str) -> Sequence[OperationRecord]:
         """See :meth:`Journal.for_order`: oldest first, through the order's index."""
-        _check_text(merchant_id=merchant_id, merchant_trade_no=merchant_trade_no)
+        check_text(merchant_id=merchant_id, merchant_trade_no=merchant_trade_no)
         rows = self._read(
             f"read the operations of order {merchant_trade_no}",
             self._sql_order,
@@ -682,7 +682,7 @@ class PostgresJournal:
         through a small partial index, never the whole table (R22, R23).
         """
         if merchant_id is not None:
-            _check_text(merchant_id=merchant_id)
+            check_text(merchant_id=merchant_id)
         _check_int(limit, "limit", least=1)
         if merchant_id is None:
             rows = self._read("list open operations", self._sql_open_all, (limit,))
@@ -775,7 +775,7 @@ class _Handoff(Generic[_T]):
 
 
 def _check_order(merchant_id: object, merchant_trade_no: object) -> None:
-    _check_text(merchant_id=merchant_id, merchant_trade_no=merchant_trade_no)
+    check_text(merchant_id=merchant_id, merchant_trade_no=merchant_trade_no)
 
 
 class PostgresOrderLocks:
@@ -1131,17 +1131,6 @@ class _Renewer:
 
 
 # -- argument checks ------------------------------------------------------------------------------
-
-
-def _check_record(record: object) -> None:
-    if not isinstance(record, OperationRecord):
-        raise InvalidArgumentType(f"record must be an OperationRecord, not {type(record).__name__}")
-
-
-def _check_text(**values: object) -> None:
-    for name, value in values.items():
-        if not isinstance(value, str):
-            raise InvalidArgumentType(f"{name} must be a str, not {type(value).__name__}")
 
 
 def _check_int(value: object, name: str, *, least: int) -> None:

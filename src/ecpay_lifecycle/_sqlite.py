@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Final, TypeVar
 
 from ._exceptions import InvalidArgument, InvalidArgumentType, JournalError
-from ._journal import Claim, OperationRecord, arbitrate, check_save
+from ._journal import Claim, OperationRecord, arbitrate, check_record, check_save, check_text
 from ._locks import ProcessOrderLocks
 from ._models import check_aware
 
@@ -233,7 +233,7 @@ class SQLiteJournal:
     def claim(self, record: OperationRecord, *, now: dt.datetime) -> Claim:
         """See :meth:`Journal.claim`: read, :func:`arbitrate` and write in one ``BEGIN
         IMMEDIATE`` transaction, so exactly one of many simultaneous claimers owns it (R23)."""
-        _check_record(record)
+        check_record(record)
         check_aware(now, field="now")  # before the transaction, though arbitrate checks too
 
         def decide(connection: sqlite3.Connection) -> Claim:
@@ -252,7 +252,7 @@ class SQLiteJournal:
     def save(self, record: OperationRecord) -> OperationRecord:
         """See :meth:`Journal.save`: the revision is checked and the record written in one
         transaction, durably (``synchronous=FULL``) before this returns (R23)."""
-        _check_record(record)
+        check_record(record)
 
         def replace(connection: sqlite3.Connection) -> OperationRecord:
             rows = connection.execute(
@@ -270,7 +270,7 @@ class SQLiteJournal:
 
     def get(self, merchant_id: str, key: str) -> OperationRecord | None:
         """See :meth:`Journal.get`."""
-        _check_text(merchant_id=merchant_id, key=key)
+        check_text(merchant_id=merchant_id, key=key)
         rows = self._read(
             f"read operation {key!r}",
             "SELECT record FROM operations WHERE merchant_id = ? AND key = ?",
@@ -280,7 +280,7 @@ class SQLiteJournal:
 
     def for_order(self, merchant_id: str, merchant_trade_no: str) -> Sequence[OperationRecord]:
         """See :meth:`Journal.for_order`: oldest first, by the order's index."""
-        _check_text(merchant_id=merchant_id, merchant_trade_no=merchant_trade_no)
+        check_text(merchant_id=merchant_id, merchant_trade_no=merchant_trade_no)
         rows = self._read(
             f"read the operations of order {merchant_trade_no}",
             "SELECT key, record FROM operations WHERE merchant_id = ? AND merchant_trade_no = ? "
@@ -299,7 +299,7 @@ class SQLiteJournal:
         through a small partial index, never the whole table (R22, R23).
         """
         if merchant_id is not None:
-            _check_text(merchant_id=merchant_id)
+            check_text(merchant_id=merchant_id)
         if isinstance(limit, bool) or not isinstance(limit, int):
             raise InvalidArgumentType(f"limit must be an int, not {type(limit).__name__}")
         if limit < 1:
@@ -543,17 +543,6 @@ def _busy(exc: sqlite3.Error) -> bool:
     return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
-def _check_record(record: object) -> None:
-    if not isinstance(record, OperationRecord):
-        raise InvalidArgumentType(f"record must be an OperationRecord, not {type(record).__name__}")
-
-
-def _check_text(**values: object) -> None:
-    for name, value in values.items():
-        if not isinstance(value, str):
-            raise InvalidArgumentType(f"{name} must be a str, not {type(value).__name__}")
-
-
 def _file_path(path: object, name: str) -> str:
     if isinstance(path, str):
         return path
@@ -730,7 +719,7 @@ class FileOrderLocks:
     @contextlib.contextmanager
     def hold(self, merchant_id: str, merchant_trade_no: str) -> Iterator[None]:
         """See :meth:`OrderLocks.hold`: block until this thread holds the order across the host."""
-        _check_text(merchant_id=merchant_id, merchant_trade_no=merchant_trade_no)
+        check_text(merchant_id=merchant_id, merchant_trade_no=merchant_trade_no)
         offset = _offset(merchant_id, merchant_trade_no)
         shared = self._shared()
         with shared.process.hold(_BYTE, str(offset)):
@@ -744,7 +733,7 @@ class FileOrderLocks:
     async def ahold(self, merchant_id: str, merchant_trade_no: str) -> AsyncIterator[None]:
         """See :meth:`OrderLocks.ahold`: poll for the order across the host without blocking the
         event loop; a cancelled waiter holds nothing."""
-        _check_text(merchant_id=merchant_id, merchant_trade_no=merchant_trade_no)
+        check_text(merchant_id=merchant_id, merchant_trade_no=merchant_trade_no)
         offset = _offset(merchant_id, merchant_trade_no)
         shared = self._shared()
         async with shared.process.ahold(_BYTE, str(offset)):
