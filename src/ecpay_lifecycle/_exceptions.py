@@ -10,7 +10,8 @@ ever carries a HashKey or HashIV.
     EcpayError
     ├── InvalidArgument (ValueError)          bad input: amounts, numbers, datetimes
     │   ├── InvalidAmount                     R19: not a positive whole TWD, or too large
-    │   └── ConfigurationError                wrong key length, DoAction against stage, ...
+    │   ├── ConfigurationError                wrong key length, DoAction against stage, ...
+    │   └── NotCreditCardOrder                paid by ATM, CVS, ...: DoAction cannot apply
     ├── InvalidArgumentType (TypeError)       a value of the wrong type (bool or float amount, ...)
     ├── RuleViolation                         the planner refuses; .rule, .retry_at
     │   └── RefundExceedsCaptured (InvalidAmount)   R10: more than is still captured
@@ -51,6 +52,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidArgumentType",
     "JournalError",
+    "NotCreditCardOrder",
     "OperationInProgress",
     "OrderLocked",
     "OutcomeUnknown",
@@ -109,6 +111,28 @@ class InvalidAmount(InvalidArgument):
 
 class ConfigurationError(InvalidArgument):
     """Wrong configuration: a HashKey/HashIV that is not 16 bytes, DoAction on stage, ..."""
+
+
+class NotCreditCardOrder(InvalidArgument):
+    """Cashier/QueryTrade says the order was not paid by credit card. Nothing was sent.
+
+    DoAction captures, refunds and abandons credit-card authorizations only; an ATM, CVS,
+    BARCODE (...) order is refunded by hand in ECPay's back office. ``payment_type`` is ECPay's
+    ``OrderInfo.PaymentType`` as received and ``raw`` the decrypted reply (docs/ecpay-api.md
+    section 5).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        payment_type: str,
+        merchant_trade_no: str | None = None,
+        raw: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, merchant_trade_no=merchant_trade_no)
+        self.payment_type = payment_type
+        self.raw = raw
 
 
 class InvalidArgumentType(EcpayError, TypeError):

@@ -28,6 +28,7 @@ from ._exceptions import (
     GatewayRefused,
     InvalidArgument,
     InvalidArgumentType,
+    NotCreditCardOrder,
     ProtocolError,
     RateLimited,
     ReplyMismatch,
@@ -93,6 +94,17 @@ _HINTS = {
     "error_nopay": "no authorization yet; ECPay says to query again in 10 minutes",
     "error_Stop": "merchant not found or its contract has expired",
 }
+# Cashier/QueryTrade's OrderInfo.PaymentType (docs/ecpay-api.md section 5). A credit-card
+# order reads ``Credit``, ``Credit_<Sub>`` (AIO's ``Credit_CreditCard``; ``Credit_CreditCard<N>``
+# for N instalments), ``CreditInstallment``, ``FlexibleInstallment`` or ``UnionPay``.
+_INSTALLMENT_TYPES = frozenset({"CreditInstallment", "FlexibleInstallment"})
+_CREDIT_CARD_STAGES = re.compile(r"Credit_CreditCard([0-9]{1,3})")
+# Families ECPay names for payments that are not by card, up to the first "_" (ATM_TAISHIN,
+# CVS_CVS, BARCODE_BARCODE, WebATM_TAISHIN, TWQR_OPAY, BNPL_URICH, ...). Apple Pay is listed
+# [HOUSE]: the spec counts no wallet as a credit-card order, so nothing is moved for one.
+_NOT_CARD_FAMILIES = frozenset(
+    {"ATM", "CVS", "BARCODE", "WebATM", "TWQR", "BNPL", "ApplePay", "DigitalPayment", "WeiXin"}
+)
 
 
 def is_production(base_url: str) -> bool:
@@ -425,6 +437,7 @@ def parse_do_action(inner: Mapping[str, Any], *, request: WireRequest) -> DoActi
     inner = _mapping(inner, request)
     order = request.merchant_trade_no
     missing = _check_echoes(inner, request, ("MerchantID", "MerchantTradeNo", "TradeNo"), raw=inner)
+    _check_platform(inner, request, raw=inner)
     code = _integer(inner, "RtnCode", order=order, raw=inner)
     message = _message(inner.get("RtnMsg"))
     if code != 1:
@@ -445,6 +458,7 @@ def parse_credit_detail(inner: Mapping[str, Any], *, request: WireRequest) -> Cr
     order = request.merchant_trade_no
     # This reply echoes no IDs as documented; any it does carry must still match (R2).
     _check_echoes(inner, request, ("MerchantID", "MerchantTradeNo", "TradeNo"), raw=inner)
+    _check_platform(inner, request, raw=inner)
     message = _message(inner.get("RtnMsg"))
     if "RtnCode" in inner:
         code = _integer(inner, "RtnCode", order=order, raw=inner)
@@ -482,40 +496,50 @@ def parse_credit_detail(inner: Mapping[str, Any], *, request: WireRequest) -> Cr
 def parse_cashier_query(inner: Mapping[str, Any], *, request: WireRequest) -> CashierInfo:
     """Read a Cashier/QueryTrade reply and classify the payment kind (spec 5, R2).
 
-    Kind: ``CardInfo.Stage > 0`` instalments (R11); ``RedDan > 0`` or ``RedDeAmt > 0`` bonus
-    points (R12); ``PaymentType == "UnionPay"`` UnionPay (R8); otherwise one-time.
-    ``RtnCode != 1`` raises :class:`GatewayRefused`; a reply for another order
-    :class:`ReplyMismatch`.
+    ECPay leaves out what does not apply: an absent ``CardInfo``, ``Stage``, ``RedDan`` or
+    ``RedDeAmt`` is 0, and numbers may come as numeric strings. Kind: ``Stage > 0`` or an
+    instalment ``PaymentType`` (``Credit_CreditCard<N>``, ``CreditInstallment``,
+    ``FlexibleInstallment``) is instalments (R11); else ``RedDan > 0`` or ``RedDeAmt > 0`` bonus
+    points (R12); else ``PaymentType == "UnionPay"`` UnionPay (R8); else one-time. A payment
+    type that is not a credit card (``ATM``, ``CVS``, ``BARCODE``, ...) raises
+    :class:`NotCreditCardOrder`; ``RtnCode != 1`` :class:`GatewayRefused`; a reply for another
+    order :class:`ReplyMismatch`; a missing or ill-typed field :class:`ProtocolError`.
     """
     inner = _mapping(inner, request)
     order = request.merchant_trade_no
     info = inner.get("OrderInfo")
     echoes: Mapping[str, Any] = info if isinstance(info, Mapping) else {}
     _check_echoes(inner, request, ("MerchantID",), raw=inner)
+    _check_platform(inner, request, raw=inner)
     missing = _check_echoes(echoes, request, ("MerchantTradeNo",), raw=inner, prefix="OrderInfo.")
     code = _integer(inner, "RtnCode", order=order, raw=inner)
     if code != 1:
         raise _refused("Cashier/QueryTrade", code, _message(inner.get("RtnMsg")), order, inner)
     _require_echoes(missing, order, inner)
     info = _object(inner, "OrderInfo", order=order, raw=inner)
-    card = _object(inner, "CardInfo", order=order, raw=inner)
-    payment_type = info.get("PaymentType")
-    if not isinstance(payment_type, str):
-        raise _field_error("OrderInfo.PaymentType", payment_type, order, inner)
-    stage = _integer(card, "Stage", order=order, raw=inner, name="CardInfo.Stage")
-    red_dan = _integer(card, "RedDan", order=order, raw=inner, name="CardInfo.RedDan")
-    red_amount = _integer(card, "RedDeAmt", order=order, raw=inner, name="CardInfo.RedDeAmt")
-    if stage > 0:
+    payment_type = _text(info.get("PaymentType"))
+    if payment_type is None:
+        raise _field_error("OrderInfo.PaymentType", info.get("PaymentType"), order, inner)
+    signal = _payment_signal(payment_type, order, inner)
+    card = inner.get("CardInfo")
+    if card is None:
+        card = {}
+    elif not isinstance(card, Mapping):
+        raise _field_error("CardInfo", card, order, inner)
+    stage = _count(card, "Stage", order, inner)
+    red_dan = _count(card, "RedDan", order, inner)
+    red_amount = _count(card, "RedDeAmt", order, inner)
+    if stage > 0 or signal is PaymentKind.INSTALLMENT:
         kind = PaymentKind.INSTALLMENT
     elif red_dan > 0 or red_amount > 0:
         kind = PaymentKind.BONUS
-    elif payment_type == "UnionPay":
+    elif signal is PaymentKind.UNIONPAY:
         kind = PaymentKind.UNIONPAY
     else:
         kind = PaymentKind.ONE_TIME
-    trade_no = info.get("TradeNo")
-    if not isinstance(trade_no, str) or not trade_no:
-        raise _field_error("OrderInfo.TradeNo", trade_no, order, inner)
+    trade_no = _text(info.get("TradeNo"))
+    if not trade_no:
+        raise _field_error("OrderInfo.TradeNo", info.get("TradeNo"), order, inner)
     return CashierInfo(
         merchant_trade_no=str(request.merchant_trade_no),
         trade_no=trade_no,
@@ -523,6 +547,36 @@ def parse_cashier_query(inner: Mapping[str, Any], *, request: WireRequest) -> Ca
         kind=kind,
         payment_type=payment_type,
         raw=dict(inner),
+    )
+
+
+def _payment_signal(
+    payment_type: str, order: str | None, raw: Mapping[str, Any]
+) -> PaymentKind | None:
+    """What ``OrderInfo.PaymentType`` alone says (docs/ecpay-api.md section 5): instalments,
+    UnionPay, or nothing beyond "a credit card" (None). A type that is not a credit card raises
+    :class:`NotCreditCardOrder`, naming it; so does one the library does not know, since
+    DoAction applies to credit-card orders only."""
+    if payment_type == "UnionPay":
+        return PaymentKind.UNIONPAY
+    if payment_type in _INSTALLMENT_TYPES:
+        return PaymentKind.INSTALLMENT
+    stages = _CREDIT_CARD_STAGES.fullmatch(payment_type)
+    if stages is not None and int(stages.group(1)) > 0:
+        return PaymentKind.INSTALLMENT
+    if payment_type == "Credit" or payment_type.startswith("Credit_"):
+        return None
+    if payment_type.split("_", 1)[0] in _NOT_CARD_FAMILIES:
+        problem = "is not a credit-card order"
+    else:
+        problem = "is not known to be a credit-card order (not Credit, Credit_..., UnionPay)"
+    raise NotCreditCardOrder(
+        f"the order {problem}: Cashier/QueryTrade gives PaymentType {payment_type!r}. "
+        "DoAction captures, refunds and abandons credit-card authorizations only; nothing was "
+        "sent (refund such an order in ECPay's back office)",
+        payment_type=payment_type,
+        merchant_trade_no=order,
+        raw=raw,
     )
 
 
@@ -634,6 +688,23 @@ def _require_echoes(missing: list[str], order: str | None, raw: Mapping[str, Any
         )
 
 
+def _check_platform(
+    source: Mapping[str, Any], request: WireRequest, *, raw: Mapping[str, Any]
+) -> None:
+    """R2 for a platform merchant: a ``PlatformID`` the reply echoes (as text or as a number)
+    must be the one sent. Ordinary merchants send it empty and ECPay may echo anything blank."""
+    expected = request.data.get("PlatformID")
+    got = source.get("PlatformID")
+    if not expected or got is None or got == "":
+        return
+    if _text(got) != expected:
+        raise ReplyMismatch(
+            f"reply echoes PlatformID {got!r}, expected {expected!r} (R2)",
+            merchant_trade_no=request.merchant_trade_no,
+            raw=raw,
+        )
+
+
 def _refused(
     what: str, code: int | None, message: str, order: str | None, raw: Mapping[str, Any]
 ) -> GatewayRefused:
@@ -679,6 +750,16 @@ def _integer(
     if minimum is not None and number < minimum:
         raise _field_error(name or key, value, order, raw)
     return number
+
+
+def _count(source: Mapping[str, Any], key: str, order: str | None, raw: Mapping[str, Any]) -> int:
+    """An optional ``CardInfo`` count: absent, null or blank is 0 (ECPay omits what does not
+    apply, docs/ecpay-api.md section 5); otherwise a whole number >= 0, as a JSON number or a
+    numeric string."""
+    value = source.get(key)
+    if value is None or value == "":
+        return 0
+    return _integer(source, key, order=order, raw=raw, name=f"CardInfo.{key}", minimum=0)
 
 
 def _object(
