@@ -8,6 +8,9 @@ move ECPay's time past a fence), prints ``ready``, waits for a line on stdin (so
 start at once), optionally sweeps, then refunds ``AMOUNT`` TWD of ``ORDER`` under ``KEY`` and
 prints one JSON line: what it was told.
 
+``--async`` runs an ``AsyncClient`` on an ``AsyncPostgresJournal`` (``JOURNAL`` is then a
+``postgresql://`` URL) instead.
+
 ``--die-at`` stops at one point of the refund, prints ``dying POINT`` and sleeps until killed:
 ``before_record`` (the attempt is not written yet), ``after_record`` (written, not sent),
 ``after_send`` (ECPay applied it; the reply never reaches the client), ``before_result`` (the
@@ -16,6 +19,7 @@ reply arrived; its result is not written). Every wait is bounded.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import sys
@@ -25,6 +29,8 @@ from typing import Any
 import httpx
 
 from ecpay_lifecycle import (
+    AsyncClient,
+    AsyncPostgresJournal,
     AttemptStatus,
     Client,
     Credentials,
@@ -94,6 +100,8 @@ def main(argv: list[str]) -> int:
     def clock() -> dt.datetime:
         return dt.datetime.now(dt.UTC) + shift
 
+    if "--async" in flags:
+        return asyncio.run(run_async(url, journal_spec, order, int(amount), key, clock))
     journal = Dying(open_journal(journal_spec), point)
     client = Client(
         Credentials(MID, KEY, IV),
@@ -116,6 +124,27 @@ def main(argv: list[str]) -> int:
         answer.update(outcome="error", error=type(error).__name__, message=str(error))
     finally:
         client.close()
+    say(json.dumps(answer))
+    return 0
+
+
+async def run_async(
+    url: str, conninfo: str, order: str, amount: int, key: str, clock: Any
+) -> int:
+    answer: dict[str, Any] = {}
+    async with (
+        AsyncPostgresJournal(conninfo) as journal,
+        AsyncClient(
+            Credentials(MID, KEY, IV), base_url=url, clock=clock, journal=journal, timeout=5.0
+        ) as client,
+    ):
+        say("ready")
+        await asyncio.to_thread(sys.stdin.readline)
+        try:
+            outcome = await client.refund(order, amount, idempotency_key=key)
+            answer.update(outcome="ok", replayed=outcome.replayed, refunded=outcome.refunded)
+        except EcpayError as error:
+            answer.update(outcome="error", error=type(error).__name__, message=str(error))
     say(json.dumps(answer))
     return 0
 

@@ -1,4 +1,4 @@
-"""The operation journal and the judgement of unknown outcomes (spec section 9).
+"""The operation journal and the judgement of unknown outcomes (docs/ecpay-api.md section 9).
 
 The journal is a contract every store keeps (R23): a claim creates a key or says who owns it
 (owner, busy, finished, conflict) and writes only when the caller becomes the owner; a save is a
@@ -12,14 +12,15 @@ reached -> done, unchanged -> not done, anything else (or anything ambiguous aft
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import itertools
 import json
 import threading
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import attrs
 import pytest
@@ -60,6 +61,7 @@ from ecpay_lifecycle import (
 )
 from ecpay_lifecycle._outcome import judge
 from ecpay_lifecycle._postgres import PostgresJournal
+from ecpay_lifecycle._postgres_async import AsyncPostgresJournal
 from ecpay_lifecycle._sqlite import SQLiteJournal
 
 MID = "3002607"
@@ -118,12 +120,82 @@ def postgres(request: pytest.FixtureRequest) -> JournalFactory:
     return make
 
 
+_R = TypeVar("_R")
+
+
+class Awaited:
+    """An :class:`AsyncPostgresJournal` behind the sync protocol, for the contract: every call
+    is a coroutine run on one event loop in a thread of its own (calls from several test
+    threads run concurrently there, as tasks on the async pool)."""
+
+    def __init__(self, journal: AsyncPostgresJournal, loop: asyncio.AbstractEventLoop) -> None:
+        self.journal = journal
+        self._loop = loop
+
+    def _run(self, call: Coroutine[Any, Any, _R]) -> _R:
+        return asyncio.run_coroutine_threadsafe(call, self._loop).result(timeout=30)
+
+    @property
+    def locks(self) -> OrderLocks:
+        return self.journal.locks
+
+    def claim(self, record: OperationRecord, *, now: dt.datetime) -> Claim:
+        return self._run(self.journal.claim(record, now=now))
+
+    def save(self, record: OperationRecord) -> OperationRecord:
+        return self._run(self.journal.save(record))
+
+    def get(self, merchant_id: str, key: str) -> OperationRecord | None:
+        return self._run(self.journal.get(merchant_id, key))
+
+    def for_order(self, merchant_id: str, merchant_trade_no: str) -> Sequence[OperationRecord]:
+        return self._run(self.journal.for_order(merchant_id, merchant_trade_no))
+
+    def open_operations(
+        self, merchant_id: str | None = None, *, limit: int = 100
+    ) -> Sequence[OperationRecord]:
+        return self._run(self.journal.open_operations(merchant_id, limit=limit))
+
+    def close(self) -> None:
+        self._run(self.journal.close())
+
+
+def postgres_async(request: pytest.FixtureRequest) -> JournalFactory:
+    """Empty :class:`AsyncPostgresJournal` s (each in a new schema), awaited on a loop thread."""
+    dsn = request.getfixturevalue("postgres_dsn")
+    count = itertools.count()
+    made: list[Awaited] = []
+    run = uuid.uuid4().hex[:8]
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="contract-loop", daemon=True)
+    thread.start()
+
+    def make() -> Awaited:
+        while made:
+            made.pop().close()
+        journal = AsyncPostgresJournal(dsn, schema=f"acontract_{run}_{next(count)}", max_size=2)
+        awaited = Awaited(journal, loop)
+        made.append(awaited)
+        return awaited
+
+    def finish() -> None:
+        for awaited in made:
+            awaited.close()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+    request.addfinalizer(finish)
+    return make
+
+
 #: Every store the contract runs against: a function from the fixture request to a factory of
 #: empty journals, one line each.
 STORES = [
     pytest.param(in_memory, id="memory"),
     pytest.param(sqlite, id="sqlite"),
     pytest.param(postgres, id="postgres"),
+    pytest.param(postgres_async, id="postgres-async"),
 ]
 
 
@@ -852,7 +924,7 @@ def test_a_malformed_record_raises_a_typed_error(damage: object) -> None:
         OperationRecord.from_dict(data)
 
 
-# -- the judgement (spec section 9) ------------------------------------------------------------
+# -- the judgement (docs/ecpay-api.md section 9) -----------------------------------------------
 
 R300 = (State.TO_CLOSE, 700)
 

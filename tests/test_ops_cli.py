@@ -93,6 +93,43 @@ def test_sweep_resolves_what_a_query_can_and_says_what_waits(
         assert IV not in output
 
 
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_sweep_shows_progress_on_a_terminal_only(
+    served: tuple[Emulator, str], tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator, url = served
+    path = tmp_path / "ecpay.db"
+    # On a pipe: nothing drawn, though an order was swept.
+    stuck(emulator, url, path, "P0", Fault.READ_TIMEOUT_BEFORE_APPLY)
+    piped = io.StringIO()
+    monkeypatch.setattr("sys.stderr", piped)
+    assert run("sweep", "--journal", str(path))[0] == 3
+    assert piped.getvalue() == ""
+    # On a terminal: one line per order on stderr, erased at the end; stdout keeps the report.
+    stuck(emulator, url, path, "P1", Fault.READ_TIMEOUT_BEFORE_APPLY)
+    stuck(emulator, url, path, "P2", Fault.READ_TIMEOUT_BEFORE_APPLY)
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    code, text = run("sweep", "--journal", str(path))
+    assert code == 3
+    drawn = terminal.getvalue()
+    assert "sweeping 1/2: order P1" in drawn
+    assert "sweeping 2/2: order P2" in drawn
+    assert drawn.endswith("\r\x1b[2K")
+    assert "sweeping" not in text
+    # Never with --json, even on a terminal.
+    stuck(emulator, url, path, "P3", Fault.READ_TIMEOUT_BEFORE_APPLY)
+    quiet = Terminal()
+    monkeypatch.setattr("sys.stderr", quiet)
+    code, text = run("sweep", "--journal", str(path), "--json")
+    assert [o["order"] for o in json.loads(text)["orders"]] == ["P3"]
+    assert quiet.getvalue() == ""
+
+
 def test_sweep_watch_runs_a_bounded_number_of_times(
     served: tuple[Emulator, str], tmp_path: pathlib.Path
 ) -> None:

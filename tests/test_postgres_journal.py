@@ -401,7 +401,7 @@ def test_the_sweeper_and_order_queries_read_their_indexes(
         "open": False,
         "record": "{}",
     }
-    save_sql = journal._sql_save  # the statement itself (private), as the journal runs it
+    save_sql = journal._ops._sql_save  # the statement itself (private), as the journal runs it
     with admin.transaction():
         text = "\n".join(r[0] for r in admin.execute(f"EXPLAIN {save_sql}", values).fetchall())
     assert "operations_pkey" in text, text

@@ -23,7 +23,7 @@ EXPECTED = {
     "AttemptRecord", "AttemptStatus", "InMemoryJournal", "Journal", "OperationRecord",
     "OperationStatus", "Claim", "ClaimStatus", "arbitrate", "OrderLocks", "ProcessOrderLocks",
     "SQLiteJournal", "FileOrderLocks", "PostgresJournal", "PostgresOrderLocks",
-    "PostgresLeaseLocks",
+    "PostgresLeaseLocks", "AsyncJournal", "AsyncPostgresJournal", "AsyncPostgresOrderLocks",
     # the exception tree
     "EcpayError", "InvalidArgument", "InvalidAmount", "ConfigurationError", "InvalidArgumentType",
     "RuleViolation", "RefundExceedsCaptured", "CodecError", "ProtocolError", "UnknownStatusError",

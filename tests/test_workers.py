@@ -50,7 +50,16 @@ def journal(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
     """Where every worker keeps its journal: a SQLite file, or a PostgreSQL URL (own schema)."""
     if request.param == "sqlite":
         return str(tmp_path / "ecpay.db")
-    dsn: str = request.getfixturevalue("postgres_dsn")
+    return fresh_database(request.getfixturevalue("postgres_dsn"))
+
+
+@pytest.fixture
+def postgres_url(postgres_dsn: str) -> str:  # noqa: F811
+    return fresh_database(postgres_dsn)
+
+
+def fresh_database(dsn: str) -> str:
+    """The URL of a new database on the throwaway server."""
     parts = dict(item.split("=", 1) for item in dsn.split())
     # A fresh database per test keeps the tests apart (the schema is the library's own).
     name = f"w{os.getpid()}_{time.monotonic_ns()}"
@@ -147,6 +156,49 @@ def test_eight_processes_with_the_same_key_refund_once(
     store = open_journal(journal)
     assert [r.owner for r in store.for_order(MID, "SAME1")] == [None]
     store.close()  # type: ignore[attr-defined]
+
+
+def test_eight_async_processes_with_the_same_key_refund_once(
+    served: tuple[Emulator, str], postgres_url: str
+) -> None:
+    """The same with AsyncClient on AsyncPostgresJournal in each process."""
+    emulator, url = served
+    settled(emulator, "ASYNC1")
+    workers = [
+        Worker(url, postgres_url, "ASYNC1", 300, "k-async", offset(emulator), "--async")
+        for _ in range(8)
+    ]
+    for worker in workers:
+        worker.go()
+    answers = [worker.answer() for worker in workers]
+    fresh = [a for a in answers if a.get("outcome") == "ok" and not a.get("replayed")]
+    told = {"replayed" if a.get("replayed") else str(a.get("error", "ok")) for a in answers}
+    assert len(fresh) == 1, answers
+    assert told <= {"ok", "replayed", "OperationInProgress"}, told
+    assert refunds(emulator, "ASYNC1") == [300]
+
+
+def test_eight_async_processes_with_different_keys_never_refund_more_than_was_captured(
+    served: tuple[Emulator, str], postgres_url: str
+) -> None:
+    emulator, url = served
+    settled(emulator, "ASYNC2", 1000)
+    workers = [
+        Worker(url, postgres_url, "ASYNC2", 300, f"k-{n}", offset(emulator), "--async")
+        for n in range(8)
+    ]
+    for worker in workers:
+        worker.go()
+    answers = [worker.answer() for worker in workers]
+    assert len([a for a in answers if a.get("outcome") == "ok"]) == 3
+    assert {a.get("error") for a in answers if a.get("outcome") == "error"} == {
+        "RefundExceedsCaptured"
+    }, answers
+    assert sum(refunds(emulator, "ASYNC2")) == 900
+    store = open_journal(postgres_url)
+    records = store.for_order(MID, "ASYNC2")
+    store.close()  # type: ignore[attr-defined]
+    assert all(r.open_attempt is None and r.owner is None for r in records)
 
 
 def test_eight_processes_with_different_keys_never_refund_more_than_was_captured(

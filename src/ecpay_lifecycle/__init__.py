@@ -38,6 +38,7 @@ from ._exceptions import (
     WrongCredentials,
 )
 from ._journal import (
+    AsyncJournal,
     AttemptRecord,
     AttemptStatus,
     Claim,
@@ -62,6 +63,7 @@ from ._models import (
 from ._outcome import Outcome, Reconciliation, Resolution, StepResult, SweepReport, Verdict
 from ._planner import plan_abandon, plan_capture, plan_refund
 from ._postgres import PostgresJournal, PostgresLeaseLocks, PostgresOrderLocks
+from ._postgres_async import AsyncPostgresJournal, AsyncPostgresOrderLocks
 from ._protocol import (
     PRODUCTION_URL,
     STAGE_URL,
@@ -87,6 +89,9 @@ __all__ = [
     "Action",
     "AesCodec",
     "AsyncClient",
+    "AsyncJournal",
+    "AsyncPostgresJournal",
+    "AsyncPostgresOrderLocks",
     "AttemptRecord",
     "AttemptStatus",
     "CashierInfo",

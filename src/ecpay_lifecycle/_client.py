@@ -12,6 +12,7 @@ described in ``_engine.py`` and ``docs/client.md``.
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import json
 import logging
 import urllib.parse
@@ -20,9 +21,9 @@ from typing import Final, TypeVar, cast
 
 import httpx
 
-from ._engine import DEFAULT_FENCE_MARGIN, DEFAULT_LEASE, Engine, Flow, Reply
+from ._engine import DEFAULT_FENCE_MARGIN, DEFAULT_LEASE, Engine, Flow, JournalCall, Reply
 from ._exceptions import ConfigurationError, EcpayError, InvalidArgumentType, RateLimited
-from ._journal import Journal
+from ._journal import AsyncJournal, Journal, is_async_journal
 from ._models import Action, Intent, OrderSnapshot, PaymentKind, check_order_number
 from ._outcome import Outcome, Reconciliation, SweepReport, Verdict
 from ._protocol import PRODUCTION_URL, Credentials, DoActionReply, WireRequest
@@ -98,12 +99,18 @@ class _Shell:
         base_url: str,
         timeout: float | httpx.Timeout,
         clock: Callable[[], dt.datetime] | None,
-        journal: Journal | None,
+        journal: Journal | AsyncJournal | None,
         max_connections: int,
         fence_margin: float | dt.timedelta,
         lease: float | dt.timedelta,
         refund_visible_at_once: bool,
     ) -> None:
+        if isinstance(self, Client) and is_async_journal(journal):
+            raise ConfigurationError(
+                f"{type(journal).__name__} is asynchronous: its calls must be awaited, so it "
+                "serves AsyncClient. Give Client a synchronous journal (PostgresJournal, "
+                "SQLiteJournal)"
+            )
         checked_url = _check_base_url(base_url)
         self._engine = Engine(
             credentials,
@@ -125,7 +132,7 @@ class _Shell:
         )
 
     @property
-    def journal(self) -> Journal:
+    def journal(self) -> Journal | AsyncJournal:
         """The journal this client records operations in (its ``locks`` serialise orders)."""
         return self._engine.journal
 
@@ -194,6 +201,11 @@ class Client(_Shell):
             headers=_HEADERS,
         )
 
+    @property
+    def journal(self) -> Journal:
+        """The journal this client records operations in (its ``locks`` serialise orders)."""
+        return cast(Journal, self._engine.journal)
+
     def __enter__(self) -> Client:
         return self
 
@@ -205,16 +217,24 @@ class Client(_Shell):
         self._http.close()
 
     def _drive(self, flow: Flow[_T]) -> _T:
-        """Run a flow to its end: every request it yields is POSTed; errors are thrown in."""
+        """Run a flow to its end: every request it yields is POSTed and every journal call made;
+        their errors (and an interrupt) are thrown in, so the flow records what it must."""
+        journal = self.journal
         try:
-            request = next(flow)
+            effect = next(flow)
             while True:
                 try:
-                    response = self._http.post(request.path, content=_body(request))
-                except httpx.HTTPError as exc:
-                    request = flow.throw(exc)
+                    if isinstance(effect, JournalCall):
+                        result: object = getattr(journal, effect.method)(
+                            *effect.args, **effect.kwargs
+                        )
+                    else:
+                        response = self._http.post(effect.path, content=_body(effect))
+                        result = Reply(response.status_code, response.content)
+                except BaseException as exc:  # the flow decides what each means
+                    effect = flow.throw(exc)
                 else:
-                    request = flow.send(Reply(response.status_code, response.content))
+                    effect = flow.send(result)
         except StopIteration as stop:
             return cast(_T, stop.value)
         finally:
@@ -227,7 +247,7 @@ class Client(_Shell):
     def _money(self, intent: Intent, merchant_trade_no: object, **call: object) -> Outcome:
         engine = self._engine
         checked = engine.money_call(intent, merchant_trade_no, **call)
-        opened = engine.open(checked)
+        opened = self._drive(engine.open(checked))
         if isinstance(opened, Outcome):
             return opened
         return self._drive_locked(checked.merchant_trade_no, engine.operation_flow(opened, checked))
@@ -311,7 +331,7 @@ class Client(_Shell):
         order, number, checked_action, checked_amount = engine.raw_call(
             merchant_trade_no, trade_no, action, amount
         )
-        run = engine.open_raw(order, number, checked_action, checked_amount)
+        run = self._drive(engine.open_raw(order, number, checked_action, checked_amount))
         return self._drive_locked(
             order, engine.raw_flow(run, number, checked_action, checked_amount)
         )
@@ -333,14 +353,18 @@ class Client(_Shell):
         order, checked = _reconcile_args(engine, merchant_trade_no, declare)
         return self._drive_locked(order, engine.reconcile_flow(order, checked))
 
-    def sweep(self, *, limit: int = 100) -> SweepReport:
+    def sweep(
+        self, *, limit: int = 100, progress: Callable[[int, int, str], object] | None = None
+    ) -> SweepReport:
         """Resolve the journal's stuck operations for this merchant (spec 9): each order with
         an open attempt or a lapsed owner, under its lock, by R22 (as :meth:`reconcile`); never
         sends a DoAction. Orders a live owner runs are skipped; unknown ones back off. Stops at
-        ECPay's HTTP 403. Safe to run on every worker at once."""
+        ECPay's HTTP 403. Safe to run on every worker at once. ``progress(position, total,
+        order)`` is called before each order is swept (the CLI draws it on a terminal)."""
         engine = self._engine
-        sweep = engine.start_sweep(limit)
-        for order in sweep.due:
+        sweep = self._drive(engine.start_sweep(limit))
+        for position, order in enumerate(sweep.due, 1):
+            _tell(progress, position, len(sweep.due), order)
             try:
                 sweep.done(*self._drive_locked(order, engine.sweep_flow(order)))
             except RateLimited as exc:
@@ -368,7 +392,7 @@ class AsyncClient(_Shell):
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         clock: Callable[[], dt.datetime] | None = None,
-        journal: Journal | None = None,
+        journal: Journal | AsyncJournal | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         fence_margin: float | dt.timedelta = DEFAULT_FENCE_MARGIN,
         lease: float | dt.timedelta = DEFAULT_LEASE,
@@ -408,16 +432,27 @@ class AsyncClient(_Shell):
         await self._http.aclose()
 
     async def _drive(self, flow: Flow[_T]) -> _T:
-        """Run a flow to its end: every request it yields is POSTed; errors are thrown in."""
+        """Run a flow to its end: every request it yields is POSTed and every journal call made
+        (awaited when the journal is asynchronous); their errors (and a cancellation) are thrown
+        in, so the flow records what it must."""
+        journal = self.journal
         try:
-            request = next(flow)
+            effect = next(flow)
             while True:
                 try:
-                    response = await self._http.post(request.path, content=_body(request))
-                except httpx.HTTPError as exc:
-                    request = flow.throw(exc)
+                    if isinstance(effect, JournalCall):
+                        result: object = getattr(journal, effect.method)(
+                            *effect.args, **effect.kwargs
+                        )
+                        if inspect.isawaitable(result):
+                            result = await result
+                    else:
+                        response = await self._http.post(effect.path, content=_body(effect))
+                        result = Reply(response.status_code, response.content)
+                except BaseException as exc:  # the flow decides what each means
+                    effect = flow.throw(exc)
                 else:
-                    request = flow.send(Reply(response.status_code, response.content))
+                    effect = flow.send(result)
         except StopIteration as stop:
             return cast(_T, stop.value)
         finally:
@@ -430,7 +465,7 @@ class AsyncClient(_Shell):
     async def _money(self, intent: Intent, merchant_trade_no: object, **call: object) -> Outcome:
         engine = self._engine
         checked = engine.money_call(intent, merchant_trade_no, **call)
-        opened = engine.open(checked)
+        opened = await self._drive(engine.open(checked))
         if isinstance(opened, Outcome):
             return opened
         return await self._drive_locked(
@@ -510,7 +545,7 @@ class AsyncClient(_Shell):
         order, number, checked_action, checked_amount = engine.raw_call(
             merchant_trade_no, trade_no, action, amount
         )
-        run = engine.open_raw(order, number, checked_action, checked_amount)
+        run = await self._drive(engine.open_raw(order, number, checked_action, checked_amount))
         return await self._drive_locked(
             order, engine.raw_flow(run, number, checked_action, checked_amount)
         )
@@ -526,11 +561,14 @@ class AsyncClient(_Shell):
         order, checked = _reconcile_args(engine, merchant_trade_no, declare)
         return await self._drive_locked(order, engine.reconcile_flow(order, checked))
 
-    async def sweep(self, *, limit: int = 100) -> SweepReport:
+    async def sweep(
+        self, *, limit: int = 100, progress: Callable[[int, int, str], object] | None = None
+    ) -> SweepReport:
         """See :meth:`Client.sweep`."""
         engine = self._engine
-        sweep = engine.start_sweep(limit)
-        for order in sweep.due:
+        sweep = await self._drive(engine.start_sweep(limit))
+        for position, order in enumerate(sweep.due, 1):
+            _tell(progress, position, len(sweep.due), order)
             try:
                 sweep.done(*await self._drive_locked(order, engine.sweep_flow(order)))
             except RateLimited as exc:
@@ -539,6 +577,13 @@ class AsyncClient(_Shell):
             except EcpayError as exc:
                 sweep.fail(order, exc)
         return sweep.report()
+
+
+def _tell(
+    progress: Callable[[int, int, str], object] | None, position: int, total: int, order: str
+) -> None:
+    if progress is not None:
+        progress(position, total, order)
 
 
 def _reconcile_args(

@@ -1,9 +1,12 @@
 """The spec-9 engine: claim, plan, attempt and resolve money movements without moving money twice.
 
 No I/O of its own (style habit 3). Every decision both clients share lives here as *flows*:
-generators that yield a :class:`~._protocol.WireRequest` and are sent back the reply's status and
-bytes, or have the httpx exception thrown in. The shells (``_client.py``) keep the HTTP
-configuration, run the flows and hold the journal's order lock around them.
+generators that yield *effects*, a :class:`~._protocol.WireRequest` (sent back the reply's
+status and bytes, or the httpx exception thrown in) or a :class:`JournalCall` (sent back its
+result, or the journal's error thrown in). The shells (``_client.py``) keep the HTTP
+configuration, carry out the effects (awaiting an asynchronous journal's calls) and hold the
+journal's order lock around the flows. A cancellation or interrupt is thrown in too, so a flow
+still records what it must on the way out.
 
 A money-moving call meets, in order (spec section 9):
 
@@ -33,7 +36,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import attrs
 import httpx
@@ -61,8 +64,10 @@ from ._exceptions import (
     WrongCredentials,
 )
 from ._journal import (
+    AsyncJournal,
     AttemptRecord,
     AttemptStatus,
+    Claim,
     ClaimStatus,
     InMemoryJournal,
     Journal,
@@ -110,8 +115,10 @@ __all__ = [
     "DEFAULT_FENCE_MARGIN",
     "DEFAULT_LEASE",
     "Call",
+    "Effect",
     "Engine",
     "Flow",
+    "JournalCall",
     "Reply",
     "Run",
     "Sweep",
@@ -147,6 +154,7 @@ _NOT_SENT: Final = (
 _REJECTED_UNPROCESSED: Final = (WrongCredentials, ClockOutOfSync, ServiceNotEnabled)
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
 _owners = itertools.count(1)
 
 
@@ -158,8 +166,31 @@ class Reply:
     content: bytes
 
 
-#: A flow yields requests, is sent replies (or has httpx errors thrown in) and returns a value.
-Flow = Generator[WireRequest, Reply, _T]
+@attrs.frozen
+class JournalCall:
+    """A journal call a flow asks its shell to make: ``method`` of the journal with ``args``.
+
+    The engine makes no journal call itself, as it makes no HTTP request itself: a shell runs
+    each one (awaiting it when the journal is asynchronous, like :class:`~ecpay_lifecycle.
+    AsyncPostgresJournal`) and sends the result back, or throws the journal's error in.
+    """
+
+    method: str
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+#: What a flow yields: a request to POST, or a journal call to make.
+Effect = WireRequest | JournalCall
+#: A flow yields effects, is sent their results (a :class:`Reply` for a request; httpx errors
+#: and journal errors are thrown in) and returns a value.
+Flow = Generator[Effect, Any, _T]
+
+
+def journal_call(result: type[_R], method: str, *args: Any, **kwargs: Any) -> Flow[_R]:
+    """Yield one journal call and return its result, typed as ``result``."""
+    value = yield JournalCall(method, args, kwargs)
+    return cast(_R, value)
 
 
 @attrs.frozen
@@ -194,24 +225,23 @@ class Run:
 
     def __init__(
         self,
-        journal: Journal,
         record: OperationRecord,
         *,
         owner: str | None,
         now: Callable[[], dt.datetime],
         lease: dt.timedelta,
     ) -> None:
-        self._journal = journal
         self._now = now
         self._lease = lease
         self.owner = owner
         self.record = record
 
-    def save(self, **changes: Any) -> None:
+    def save(self, **changes: Any) -> Flow[None]:
         now = self._now()
         if self.owner is not None and "owner" not in changes:
             changes["lease_until"] = now + self._lease
-        self.record = self._journal.save(attrs.evolve(self.record, updated_at=now, **changes))
+        record = attrs.evolve(self.record, updated_at=now, **changes)
+        self.record = yield from journal_call(OperationRecord, "save", record)
 
     def stage(self, **changes: Any) -> None:
         """Change the record here and write it with the next save: for facts that need not be
@@ -219,11 +249,13 @@ class Run:
         before its first attempt is recorded). One fsync fewer per operation."""
         self.record = attrs.evolve(self.record, **changes)
 
-    def sending(self, attempt: AttemptRecord) -> None:
-        self.save(attempts=(*self.record.attempts, attempt), status=OperationStatus.RUNNING)
+    def sending(self, attempt: AttemptRecord) -> Flow[None]:
+        yield from self.save(
+            attempts=(*self.record.attempts, attempt), status=OperationStatus.RUNNING
+        )
 
-    def note(self, text: str) -> None:
-        self.save(notes=(*self.record.notes, text))
+    def note(self, text: str) -> Flow[None]:
+        yield from self.save(notes=(*self.record.notes, text))
 
     def resolve(
         self,
@@ -233,7 +265,7 @@ class Run:
         rtn_code: int | str | None = None,
         rtn_msg: str = "",
         note: str = "",
-    ) -> None:
+    ) -> Flow[None]:
         """Record how the last attempt ended, and with it the operation's status, in one save."""
         last = attrs.evolve(
             self.record.attempts[-1], status=status, rtn_code=rtn_code, rtn_msg=rtn_msg, note=note
@@ -244,28 +276,28 @@ class Run:
         if status is AttemptStatus.DONE and final_step:
             # Done: nothing more is sent, so ownership ends in the same write (R23).
             ownership = {"owner": None, "lease_until": None} if self.owner is not None else {}
-            self.save(
+            yield from self.save(
                 attempts=attempts, status=OperationStatus.SUCCEEDED, final=observed, **ownership
             )
         elif status is AttemptStatus.DONE:
-            self.save(attempts=attempts, status=OperationStatus.RUNNING)
+            yield from self.save(attempts=attempts, status=OperationStatus.RUNNING)
         elif status is AttemptStatus.UNKNOWN:
-            self.save(attempts=attempts, status=OperationStatus.UNKNOWN)
+            yield from self.save(attempts=attempts, status=OperationStatus.UNKNOWN)
         else:
-            self.save(attempts=attempts, status=OperationStatus.STOPPED)
+            yield from self.save(attempts=attempts, status=OperationStatus.STOPPED)
 
-    def release(self) -> None:
+    def release(self) -> Flow[None]:
         """Give up ownership: an open attempt leaves the operation UNKNOWN (it keeps the order
         locked), one that ended early STOPPED (the same key resumes it)."""
         record = self.record
         if self.owner is None or record.owner != self.owner:
-            return
+            return None
         status = record.status
         if record.open_attempt is not None:
             status = OperationStatus.UNKNOWN
         elif status is OperationStatus.RUNNING:
             status = OperationStatus.STOPPED
-        self.save(status=status, owner=None, lease_until=None)
+        yield from self.save(status=status, owner=None, lease_until=None)
 
 
 def _system_clock() -> dt.datetime:
@@ -413,7 +445,7 @@ class Engine:
         *,
         base_url: str,
         clock: Callable[[], dt.datetime] | None,
-        journal: Journal | None,
+        journal: Journal | AsyncJournal | None,
         fence_margin: float | dt.timedelta = DEFAULT_FENCE_MARGIN,
         lease: float | dt.timedelta = DEFAULT_LEASE,
         refund_visible_at_once: bool = False,
@@ -443,7 +475,7 @@ class Engine:
         self.base_url = base_url
         self.stage = is_stage(base_url)
         self._clock = clock or _system_clock
-        self.journal: Journal = InMemoryJournal() if journal is None else journal
+        self.journal: Journal | AsyncJournal = InMemoryJournal() if journal is None else journal
         if isinstance(self.journal, InMemoryJournal) and is_production(base_url):
             _log.warning(
                 "ecpay-lifecycle: this client talks to ECPay's production host with the in-memory "
@@ -488,6 +520,26 @@ class Engine:
 
     def order_key(self, merchant_trade_no: str) -> tuple[str, str]:
         return self.credentials.merchant_id, merchant_trade_no
+
+    # -- journal reads (effects the shells carry out) -------------------------------------------
+
+    def _for_order(self, merchant_trade_no: str) -> Flow[Sequence[OperationRecord]]:
+        return (
+            yield from journal_call(
+                list, "for_order", self.credentials.merchant_id, merchant_trade_no
+            )
+        )
+
+    def _get(self, key: str) -> Flow[OperationRecord | None]:
+        record = yield from journal_call(OperationRecord, "get", self.credentials.merchant_id, key)
+        return record
+
+    def _open_operations(self, limit: int) -> Flow[Sequence[OperationRecord]]:
+        return (
+            yield from journal_call(
+                list, "open_operations", self.credentials.merchant_id, limit=limit
+            )
+        )
 
     # -- checking calls (before any lock or I/O) -----------------------------------------------
 
@@ -578,7 +630,7 @@ class Engine:
 
     # -- ownership (R23), before the order lock ------------------------------------------------
 
-    def open(self, call: Call) -> Run | Outcome:
+    def open(self, call: Call) -> Flow[Run | Outcome]:
         """Claim the call's key: replay a success, refuse a running one, or own it (R23)."""
         now = self.now()
         owner = self._new_owner()
@@ -595,12 +647,12 @@ class Engine:
             owner=owner,
             lease_until=now + self.lease,
         )
-        return self._claimed(call, fresh, owner, now)
+        return (yield from self._claimed(call, fresh, owner, now))
 
     def _claimed(
         self, call: Call, fresh: OperationRecord, owner: str, now: dt.datetime
-    ) -> Run | Outcome:
-        claim = self.journal.claim(fresh, now=now)
+    ) -> Flow[Run | Outcome]:
+        claim = yield from journal_call(Claim, "claim", fresh, now=now)
         existing = claim.record
         if claim.status is ClaimStatus.CONFLICT:
             raise InvalidArgument(
@@ -633,13 +685,13 @@ class Engine:
                 call.key,
                 existing.owner,
             )
-        return Run(self.journal, existing, owner=owner, now=self.now, lease=self.lease)
+        return Run(existing, owner=owner, now=self.now, lease=self.lease)
 
-    def _reclaim(self, run: Run, call: Call) -> Outcome | None:
+    def _reclaim(self, run: Run, call: Call) -> Flow[Outcome | None]:
         """Under the order lock: renew the claim (the record may have moved on while this
         worker waited for the lock). A success recorded meanwhile is replayed."""
         fresh = attrs.evolve(run.record, lease_until=self.now() + self.lease)
-        claimed = self._claimed(call, fresh, run.owner or self._new_owner(), self.now())
+        claimed = yield from self._claimed(call, fresh, run.owner or self._new_owner(), self.now())
         if isinstance(claimed, Outcome):
             return claimed
         run.record = claimed.record
@@ -711,14 +763,14 @@ class Engine:
         trade_no: str | None,
         kind: PaymentKind | None,
         records: Sequence[OperationRecord] | None = None,
-    ) -> tuple[str | None, PaymentKind | None]:
+    ) -> Flow[tuple[str | None, PaymentKind | None]]:
         """TradeNo and kind as the caller gave them, else as the journal learned them before
         (so Cashier/QueryTrade runs at most once per order). ``records``: the order's records
         if the caller has read them already."""
         if trade_no is not None and kind is not None:
             return trade_no, kind
         if records is None:
-            records = self.journal.for_order(self.credentials.merchant_id, merchant_trade_no)
+            records = yield from self._for_order(merchant_trade_no)
         for record in reversed(records):
             seen = record.before
             if seen is None and record.attempts:
@@ -754,10 +806,10 @@ class Engine:
         *,
         but: str | None = None,
         records: Sequence[OperationRecord] | None = None,
-    ) -> OperationRecord | None:
+    ) -> Flow[OperationRecord | None]:
         """The operation (other than ``but``) whose unresolved step locks the order (spec 9)."""
         if records is None:
-            records = self.journal.for_order(self.credentials.merchant_id, merchant_trade_no)
+            records = yield from self._for_order(merchant_trade_no)
         for record in records:
             if record.key != but and record.open_attempt is not None:
                 return record
@@ -791,7 +843,7 @@ class Engine:
         """Resolve the key's own open attempt (R22), query (R4), plan, and carry out each step."""
         order = call.merchant_trade_no
         try:
-            replay = self._reclaim(run, call)
+            replay = yield from self._reclaim(run, call)
             if replay is not None:
                 return replay
             current: OrderSnapshot | None = None
@@ -799,23 +851,25 @@ class Engine:
             if attempt is not None:
                 queried_at = self.now()
                 observed = yield from self.detail_flow(order, attempt.trade_no, attempt.before.kind)
-                verdict = self._resolve(run, attempt, observed, queried_at, how="a retry's query")
+                verdict = yield from self._resolve(
+                    run, attempt, observed, queried_at, how="a retry's query"
+                )
                 if verdict is Verdict.UNKNOWN:
                     raise self._unknown(run, attempt, observed, lost=None, queried=True)
                 if run.record.status is OperationStatus.SUCCEEDED:
-                    _release(run)
+                    yield from _release(run)
                     return outcome_of(run.record, replayed=False)
                 current = observed
             # The order's records, read once for the lock check, the kind and the fresh check
             # (a durable store decodes each record it reads).
-            records = self.journal.for_order(self.credentials.merchant_id, order)
-            blocking = self.unresolved(order, but=run.record.key, records=records)
+            records = yield from self._for_order(order)
+            blocking = yield from self.unresolved(order, but=run.record.key, records=records)
             if blocking is not None:
                 raise self.locked(order, blocking)
             if current is None:
-                trade_no, kind = self._known(order, call.trade_no, call.kind, records)
+                trade_no, kind = yield from self._known(order, call.trade_no, call.kind, records)
                 current = yield from self.query_flow(order, trade_no, kind)
-            self._check_fresh(run, current, records)
+            yield from self._check_fresh(run, current, records)
             plan = self._plan(call, current)
             run.stage(plan=plan, before=run.record.before or current, final=None)
             _log.info(
@@ -838,13 +892,15 @@ class Engine:
                     # Settled by a query, not by ECPay's word: the rest must follow from it.
                     self._check_rest(run, call, plan, index + 1, current)
         except BaseException as exc:
-            # Also on cancellation: ownership is given up; an open attempt keeps the order locked.
-            if not isinstance(exc, OperationInProgress):
-                _release(run)
+            # Also on cancellation (thrown in by the shell): ownership is given up; an open
+            # attempt keeps the order locked. A flow closed unfinished cannot write; its lease
+            # lapses instead (R23).
+            if not isinstance(exc, OperationInProgress | GeneratorExit):
+                yield from _release(run)
             if isinstance(exc, EcpayError):
                 _note_progress(exc, run.record)
             raise
-        _release(run)
+        yield from _release(run)
         return outcome_of(run.record, replayed=False)
 
     def _check_rest(
@@ -872,7 +928,7 @@ class Engine:
 
     def _check_fresh(
         self, run: Run, observed: OrderSnapshot, records: Sequence[OperationRecord]
-    ) -> None:
+    ) -> Flow[None]:
         """Hold a planning query against the last step proven done on this order (R21, R4).
 
         A query showing exactly the order as it was *before* that step, while the step is still
@@ -906,7 +962,7 @@ class Engine:
                 merchant_trade_no=order,
             )
         if last.rtn_code is not None and last in run.record.attempts:
-            run.note(
+            yield from run.note(
                 f"ECPay accepted {step.describe()} (RtnCode {last.rtn_code}), yet a later query "
                 f"shows {_shown(observed)}, not {step.state_after}, closed "
                 f"{step.closed_amount_after} TWD (R21: the accepted reply stands)"
@@ -966,7 +1022,7 @@ class Engine:
         )
         # Recorded before the request leaves (style habit 15): a crash from here on leaves an
         # open attempt that locks the order until resolved by R22.
-        run.sending(attempt)
+        yield from run.sending(attempt)
         fields = self._fields(order, run.record, action=action.value, amount=amount)
         _log.info(
             "order %s: sending %s (attempt %d)",
@@ -1009,7 +1065,7 @@ class Engine:
         try:
             wire = yield request
         except _NOT_SENT as exc:
-            run.resolve(AttemptStatus.NOT_DONE, note=f"not sent: {type(exc).__name__}")
+            yield from run.resolve(AttemptStatus.NOT_DONE, note=f"not sent: {type(exc).__name__}")
             raise TransportError(
                 f"{label} was not sent ({type(exc).__name__}: no connection); nothing moved",
                 merchant_trade_no=order,
@@ -1024,18 +1080,18 @@ class Engine:
                 self._measure(stamp)
                 reply = parse_do_action(inner, request=request)
             except RateLimited:
-                run.resolve(AttemptStatus.NOT_DONE, note="not processed: HTTP 403")
+                yield from run.resolve(AttemptStatus.NOT_DONE, note="not processed: HTTP 403")
                 raise
             except _REJECTED_UNPROCESSED as exc:
                 if isinstance(exc, ClockOutOfSync):
                     exc.skew_seconds = self._measure(_stamp_of(exc.raw))
-                run.resolve(
+                yield from run.resolve(
                     AttemptStatus.NOT_DONE,
                     note=f"not processed: TransCode {exc.trans_code} ({type(exc).__name__})",
                 )
                 raise
             except GatewayRefused as exc:
-                run.resolve(
+                yield from run.resolve(
                     AttemptStatus.REFUSED,
                     rtn_code=_code(exc.rtn_code),
                     rtn_msg=exc.rtn_msg,
@@ -1055,7 +1111,7 @@ class Engine:
                 lost = exc
             else:
                 after = before if step is None else _after(before, step)
-                run.resolve(
+                yield from run.resolve(
                     AttemptStatus.DONE,
                     observed=None if step is None else after,
                     rtn_code=reply.rtn_code,
@@ -1096,9 +1152,11 @@ class Engine:
         try:
             observed = yield from self.detail_flow(order, attempt.trade_no, attempt.before.kind)
         except EcpayError as exc:
-            run.resolve(AttemptStatus.UNKNOWN, note=f"{_heard(lost)}; the confirming query failed")
+            yield from run.resolve(
+                AttemptStatus.UNKNOWN, note=f"{_heard(lost)}; the confirming query failed"
+            )
             raise self._unknown(run, attempt, None, lost=lost, queried=False) from exc
-        verdict = self._resolve(
+        verdict = yield from self._resolve(
             run, attempt, observed, queried_at, how="the confirming query", lost=lost
         )
         if verdict is Verdict.DONE:
@@ -1121,7 +1179,7 @@ class Engine:
         *,
         how: str,
         lost: BaseException | None = None,
-    ) -> Verdict:
+    ) -> Flow[Verdict]:
         """R22: judge an open attempt by a query taken at ``queried_at`` and record the verdict.
 
         Reached -> done. Unchanged -> not done, but only if the query was taken after the
@@ -1132,7 +1190,7 @@ class Engine:
         early = verdict is Verdict.NOT_DONE and queried_at < fence
         base = attempt.note if attempt.note and lost is None else _heard(lost)
         if verdict is Verdict.DONE:
-            run.resolve(
+            yield from run.resolve(
                 AttemptStatus.DONE,
                 observed=observed,
                 rtn_code=attempt.rtn_code,
@@ -1140,13 +1198,13 @@ class Engine:
                 note=f"{base}; {how} shows it done",
             )
         elif verdict is Verdict.NOT_DONE and not early:
-            run.resolve(
+            yield from run.resolve(
                 AttemptStatus.NOT_DONE,
                 note=f"{base}; {how} after the fence shows no change (R22)",
             )
         else:
             shown = "no change yet, before the fence" if early else _shown(observed)
-            run.resolve(AttemptStatus.UNKNOWN, note=f"{base}; {how} shows {shown}")
+            yield from run.resolve(AttemptStatus.UNKNOWN, note=f"{base}; {how} shows {shown}")
             verdict = Verdict.UNKNOWN
         _log.log(
             logging.WARNING if verdict is Verdict.UNKNOWN else logging.INFO,
@@ -1216,7 +1274,7 @@ class Engine:
 
     # -- raw DoAction ----------------------------------------------------------------------------
 
-    def open_raw(self, order: str, trade_no: str, action: Action, amount: int) -> Run:
+    def open_raw(self, order: str, trade_no: str, action: Action, amount: int) -> Flow[Run]:
         """Record a raw DoAction as its own operation, owned by this caller."""
         now = self.now()
         owner = self._new_owner()
@@ -1233,26 +1291,27 @@ class Engine:
             owner=owner,
             lease_until=now + self.lease,
         )
-        claim = self.journal.claim(fresh, now=now)
-        return Run(self.journal, claim.record, owner=owner, now=self.now, lease=self.lease)
+        claim = yield from journal_call(Claim, "claim", fresh, now=now)
+        return Run(claim.record, owner=owner, now=self.now, lease=self.lease)
 
     def raw_flow(self, run: Run, trade_no: str, action: Action, amount: int) -> Flow[DoActionReply]:
         """One raw DoAction, journaled, locked and settled like a planned step, never re-sent."""
         order = run.record.merchant_trade_no
         try:
-            blocking = self.unresolved(order, but=run.record.key)
+            blocking = yield from self.unresolved(order, but=run.record.key)
             if blocking is not None:
                 raise self.locked(order, blocking)
-            _, kind = self._known(order, trade_no, None)
+            _, kind = yield from self._known(order, trade_no, None)
             before = yield from self.query_flow(order, trade_no, kind)
-            run.save(before=before)
+            yield from run.save(before=before)
             _, reply = yield from self._attempt_flow(
                 run, index=0, action=action, amount=amount, step=None, before=before
             )
-        except BaseException:
-            _release(run)
+        except BaseException as exc:
+            if not isinstance(exc, GeneratorExit):
+                yield from _release(run)
             raise
-        _release(run)
+        yield from _release(run)
         if reply is None:
             raise TransportError(
                 f"{action.value}({amount})'s reply was lost; a query shows it took effect, but a "
@@ -1263,7 +1322,7 @@ class Engine:
 
     # -- the sweeper ---------------------------------------------------------------------------
 
-    def start_sweep(self, limit: int) -> Sweep:
+    def start_sweep(self, limit: int) -> Flow[Sweep]:
         """Which orders to sweep now, which a live owner is working on, which back off.
 
         Reads the journal's open operations (an indexed query in a durable store): those with
@@ -1272,15 +1331,14 @@ class Engine:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidArgument(f"limit must be a positive int, got {limit!r}")
         now = self.now()
-        merchant_id = self.credentials.merchant_id
         due: list[str] = []
         busy: list[str] = []
         waiting: list[str] = []
-        for record in self.journal.open_operations(merchant_id, limit=limit):
+        for record in (yield from self._open_operations(limit)):
             order = record.merchant_trade_no
             if order in due or order in busy or order in waiting:
                 continue
-            records = self.journal.for_order(merchant_id, order)
+            records = yield from self._for_order(order)
             if any(r.owned_by_other(None, now) for r in records):
                 busy.append(order)
             elif all(
@@ -1297,23 +1355,22 @@ class Engine:
         """Under the order's lock: free operations whose owner's lease lapsed with nothing in
         flight, resolve each open attempt by R22 (as ``reconcile``), and back off the ones
         that stay unknown. Never sends a DoAction."""
-        merchant_id = self.credentials.merchant_id
         now = self.now()
         released: list[str] = []
-        for record in self.journal.for_order(merchant_id, merchant_trade_no):
+        for record in (yield from self._for_order(merchant_trade_no)):
             lapsed = record.owner is not None and not record.owned_by_other(None, now)
             if lapsed and record.open_attempt is None:
-                run = Run(self.journal, record, owner=None, now=self.now, lease=self.lease)
+                run = Run(record, owner=None, now=self.now, lease=self.lease)
                 status = record.status
                 if status is OperationStatus.RUNNING:
                     status = OperationStatus.STOPPED
-                run.save(owner=None, lease_until=None, status=status)
+                yield from run.save(owner=None, lease_until=None, status=status)
                 released.append(record.key)
         result = yield from self.reconcile_flow(merchant_trade_no, {})
         for resolution in result.resolutions:
             if resolution.verdict is not Verdict.UNKNOWN:
                 continue
-            stuck = self.journal.get(merchant_id, resolution.key)
+            stuck = yield from self._get(resolution.key)
             if stuck is None or stuck.open_attempt is None:
                 continue
             fence = stuck.open_attempt.resolvable_at
@@ -1322,8 +1379,8 @@ class Engine:
             else:
                 later = now + _BACKOFF[min(stuck.sweeps, len(_BACKOFF) - 1)]
                 sweeps = stuck.sweeps + 1
-            run = Run(self.journal, stuck, owner=None, now=self.now, lease=self.lease)
-            run.save(next_sweep_at=later, sweeps=sweeps)
+            run = Run(stuck, owner=None, now=self.now, lease=self.lease)
+            yield from run.save(next_sweep_at=later, sweeps=sweeps)
         return result, released
 
     # -- reconcile -------------------------------------------------------------------------------
@@ -1332,11 +1389,9 @@ class Engine:
         self, merchant_trade_no: str, declare: Mapping[str, Verdict]
     ) -> Flow[Reconciliation]:
         """Resolve each open attempt of the order on its own by R22; never sends money."""
-        merchant_id = self.credentials.merchant_id
         now = self.now()
-        open_records = [
-            r for r in self.journal.for_order(merchant_id, merchant_trade_no) if r.open_attempt
-        ]
+        records = yield from self._for_order(merchant_trade_no)
+        open_records = [r for r in records if r.open_attempt]
         by_key = {r.key: r for r in open_records}
         for key, verdict in declare.items():
             record = by_key.get(key)
@@ -1367,15 +1422,15 @@ class Engine:
                 merchant_trade_no, known.trade_no, known.before.kind
             )
         else:
-            trade_no, kind = self._known(merchant_trade_no, None, None)
+            trade_no, kind = yield from self._known(merchant_trade_no, None, None)
             snapshot = yield from self.query_flow(merchant_trade_no, trade_no, kind)
         resolutions = []
         for stored in open_records:
-            record = self.journal.get(merchant_id, stored.key) or stored
+            record = (yield from self._get(stored.key)) or stored
             attempt = record.open_attempt
             if attempt is None:
                 continue  # resolved meanwhile by its owner
-            run = Run(self.journal, record, owner=None, now=self.now, lease=self.lease)
+            run = Run(record, owner=None, now=self.now, lease=self.lease)
             if record.owned_by_other(None, self.now()):
                 resolutions.append(
                     self._resolution(
@@ -1387,13 +1442,15 @@ class Engine:
                     )
                 )
                 continue
-            verdict = self._resolve(run, attempt, snapshot, queried_at, how="reconcile's query")
+            verdict = yield from self._resolve(
+                run, attempt, snapshot, queried_at, how="reconcile's query"
+            )
             declared = verdict is Verdict.UNKNOWN and record.key in declare
             if declared:
                 verdict = declare[record.key]
                 status = AttemptStatus.DONE if verdict is Verdict.DONE else AttemptStatus.NOT_DONE
                 settled = run.record.attempts[-1]
-                run.resolve(
+                yield from run.resolve(
                     status,
                     observed=snapshot,
                     rtn_code=settled.rtn_code,
@@ -1402,11 +1459,11 @@ class Engine:
                 )
             if run.record.status is OperationStatus.RUNNING:
                 # An earlier step of a plan took effect but the operation stopped there.
-                run.save(status=OperationStatus.STOPPED)
+                yield from run.save(status=OperationStatus.STOPPED)
             if run.record.owner is not None and run.record.open_attempt is None:
                 # The owner's lease lapsed (a live one was skipped above): it died with this
                 # attempt in flight. Resolved now, the operation is nobody's (R23).
-                run.save(owner=None, lease_until=None)
+                yield from run.save(owner=None, lease_until=None)
             outcome = None
             if run.record.status is OperationStatus.SUCCEEDED and run.record.plan is not None:
                 outcome = outcome_of(run.record, replayed=False)
@@ -1483,11 +1540,11 @@ class Sweep:
         )
 
 
-def _release(run: Run) -> None:
+def _release(run: Run) -> Flow[None]:
     """Give up ownership unless another worker already took it (then there is nothing to
     release and nothing more is sent)."""
     try:
-        run.release()
+        yield from run.release()
     except EcpayError as exc:
         _log.warning("could not release operation %r: %s", run.record.key, exc)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import enum
+import inspect
 import itertools
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +38,7 @@ from ._locks import OrderLocks, ProcessOrderLocks
 from ._models import Action, Intent, OrderSnapshot, PaymentKind, Plan, State, Step, check_aware
 
 __all__ = [
+    "AsyncJournal",
     "AttemptRecord",
     "AttemptStatus",
     "Claim",
@@ -50,6 +52,7 @@ __all__ = [
     "check_record",
     "check_save",
     "check_text",
+    "is_async_journal",
 ]
 
 _T = TypeVar("_T")
@@ -389,6 +392,41 @@ class Journal(Protocol):
     ) -> Sequence[OperationRecord]:
         """Records with an open attempt or an owner (the sweeper's work), least recently
         updated first, at most ``limit``. A durable store answers from an index."""
+
+
+class AsyncJournal(Protocol):
+    """A :class:`Journal` whose calls are coroutines (:class:`~ecpay_lifecycle.
+    AsyncPostgresJournal`): the same methods, the same promises, awaited. Only
+    :class:`~ecpay_lifecycle.AsyncClient` takes one; it awaits each call, so a journal write
+    never blocks the event loop. Its ``locks`` are awaited with ``ahold``."""
+
+    @property
+    def locks(self) -> OrderLocks:
+        """The per-order locks that come with this store (awaited with ``ahold``)."""
+
+    async def claim(self, record: OperationRecord, *, now: dt.datetime) -> Claim:
+        """See :meth:`Journal.claim`."""
+
+    async def save(self, record: OperationRecord) -> OperationRecord:
+        """See :meth:`Journal.save`."""
+
+    async def get(self, merchant_id: str, key: str) -> OperationRecord | None:
+        """See :meth:`Journal.get`."""
+
+    async def for_order(
+        self, merchant_id: str, merchant_trade_no: str
+    ) -> Sequence[OperationRecord]:
+        """See :meth:`Journal.for_order`."""
+
+    async def open_operations(
+        self, merchant_id: str | None = None, *, limit: int = 100
+    ) -> Sequence[OperationRecord]:
+        """See :meth:`Journal.open_operations`."""
+
+
+def is_async_journal(journal: object) -> bool:
+    """Whether ``journal``'s calls are coroutines (an :class:`AsyncJournal`)."""
+    return inspect.iscoroutinefunction(getattr(journal, "claim", None))
 
 
 class JournalWrapper:

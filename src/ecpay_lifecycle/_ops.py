@@ -1,6 +1,7 @@
 """Operator commands of ``ecpay-lifecycle`` that read the journal and talk to real ECPay.
 
-``sweep`` resolves every stuck operation (spec 9, R22) and ``journal`` lists records for people.
+``sweep`` resolves every stuck operation (docs/ecpay-api.md section 9, R22) and ``journal`` lists
+records for people.
 Credentials come from the environment only (``ECPAY_MERCHANT_ID``, ``ECPAY_HASH_KEY``,
 ``ECPAY_HASH_IV``, ``ECPAY_PLATFORM_ID``, ``ECPAY_BASE_URL``, and ``ECPAY_AUTO_CLOSE``: the
 merchant's daily auto-close setting, ``1`` by default, ``0`` when it is off), never from the
@@ -16,11 +17,14 @@ sweep stopped at HTTP 403, or an order could not be queried).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import pathlib
+import sys
 import time
+from collections.abc import Callable, Iterator
 from typing import Any, Final, TextIO
 
 from ._client import Client
@@ -53,8 +57,9 @@ def add_commands(commands: Any) -> None:
         "sweep",
         help="resolve every stuck operation in the journal by R22 (sends no DoAction)",
         description="Find operations with an open attempt or a lapsed owner and resolve each "
-        "by a query (spec 9). Credentials from ECPAY_MERCHANT_ID, ECPAY_HASH_KEY, ECPAY_HASH_IV "
-        "(and ECPAY_PLATFORM_ID, ECPAY_BASE_URL). Safe on every worker at once.",
+        "by a query (docs/ecpay-api.md section 9). Credentials from ECPAY_MERCHANT_ID, "
+        "ECPAY_HASH_KEY, ECPAY_HASH_IV (and ECPAY_PLATFORM_ID, ECPAY_BASE_URL). Safe on every "
+        "worker at once.",
     )
     _journal_argument(sweep)
     sweep.add_argument("--limit", type=int, default=100, help="operations per run (default 100)")
@@ -145,13 +150,39 @@ def _run_sweep(args: argparse.Namespace, out: TextIO) -> int:
     code = EXIT_OK
     with Client(credentials, base_url=base_url, journal=journal) as client:
         while True:
-            report = client.sweep(limit=args.limit)
+            with _progress(sys.stderr, quiet=args.json) as show:
+                report = client.sweep(limit=args.limit, progress=show)
             runs += 1
             code = _sweep_code(report)
             _emit_sweep(report, args.json, out)
             if args.watch is None or (args.runs is not None and runs >= args.runs):
                 return code
             time.sleep(args.watch)
+
+
+@contextlib.contextmanager
+def _progress(
+    stream: TextIO, *, quiet: bool
+) -> Iterator[Callable[[int, int, str], None] | None]:
+    """On a terminal (and not with ``--json``), one line on stderr that says which order the
+    sweep is at, erased when it ends; elsewhere nothing (logs and pipes stay clean)."""
+    if quiet or not stream.isatty():
+        yield None
+        return
+    drawn = False
+
+    def show(position: int, total: int, order: str) -> None:
+        nonlocal drawn
+        stream.write(f"\r\x1b[2Ksweeping {position}/{total}: order {order} ...")
+        stream.flush()
+        drawn = True
+
+    try:
+        yield show
+    finally:
+        if drawn:
+            stream.write("\r\x1b[2K")
+            stream.flush()
 
 
 def _sweep_code(report: SweepReport) -> int:

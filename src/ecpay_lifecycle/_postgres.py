@@ -38,8 +38,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any, Final, Generic, TypeVar
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from typing import Any, Final, Generic, TypeVar, cast
 
 import attrs
 
@@ -133,9 +133,62 @@ _FIRST_WAIT: Final = 0.001
 _LONGEST_WAIT: Final = 0.025
 
 
-class _Database:
-    """The connections of one journal: its pool, a second pool for advisory locks, the schema
-    check, and the translation of every failure into a :class:`JournalError`."""
+@attrs.frozen
+class _Sql:
+    """One statement of a program, and its parameters."""
+
+    text: str
+    params: Any = ()
+
+
+@attrs.frozen
+class _Rows:
+    """What a statement did: its row count and the rows it returned (none for a write)."""
+
+    rowcount: int
+    rows: list[Any]
+
+
+#: A journal call's statements as a generator: it yields each :class:`_Sql` and is sent its
+#: :class:`_Rows`. The sync journal and the async one run the very same programs.
+_Program = Generator[_Sql, _Rows, _T]
+
+
+#: Markers a program yields to open and to commit a transaction (a failure inside rolls back).
+_BEGIN: Final = _Sql("BEGIN")
+_COMMIT: Final = _Sql("COMMIT")
+_NOTHING: Final = _Rows(0, [])
+
+
+def _statement(text: str, params: Any = ()) -> _Program[_Rows]:
+    """A program of one statement."""
+    return (yield _Sql(text, params))
+
+
+def _execute(connection: _Connection, program: _Program[_T]) -> _T:
+    """Run ``program`` on a (sync) connection."""
+    with contextlib.ExitStack() as transaction:
+        try:
+            sql = next(program)
+            while True:
+                if sql is _BEGIN:
+                    transaction.enter_context(connection.transaction())
+                    rows = _NOTHING
+                elif sql is _COMMIT:
+                    transaction.close()
+                    rows = _NOTHING
+                else:
+                    cursor = connection.execute(sql.text, sql.params)
+                    found = cursor.fetchall() if cursor.description is not None else []
+                    rows = _Rows(cursor.rowcount, found)
+                sql = program.send(rows)
+        except StopIteration as stop:
+            return cast(_T, stop.value)
+
+
+class _Server:
+    """What the sync and async journals share about the server: the parsed conninfo, the
+    connection settings, and the translation of every failure into a :class:`JournalError`."""
 
     def __init__(
         self,
@@ -176,10 +229,67 @@ class _Database:
         if "application_name" not in params:
             self._kwargs["application_name"] = "ecpay-lifecycle"
         self._pid = os.getpid()
+        self._closed = False
+
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:
+            raise JournalError(
+                f"this {self.kind} ({self.target}) was opened in process {self._pid}, before "
+                f"a fork; its connections belong to that process. Open a {self.kind} in each "
+                "process (after the fork)"
+            )
+
+    def closed_error(self) -> JournalError:
+        return JournalError(f"this {self.kind} ({self.target}) is closed; open a new one")
+
+    kind = "PostgresJournal"
+
+    # -- errors ----------------------------------------------------------------------------------
+
+    def scrub(self, text: str) -> str:
+        """``text`` without the conninfo's password, wherever a message might have quoted it."""
+        for secret in self._secrets:
+            text = text.replace(secret, "********")
+        return text
+
+    def no_connection(self, doing: str) -> JournalError:
+        return JournalError(
+            f"{self.kind} got no connection to {self.target} within {self.timeout} s to "
+            f"{doing}: the server refuses or drops connections, or all max_size="
+            f"{self._max_size} connections are busy. Check that the server is up and reachable "
+            "and the conninfo is right, or raise max_size or timeout"
+        )
+
+    def error(self, exc: psycopg.Error, doing: str) -> JournalError:
+        """One :class:`JournalError` per kind of failure, saying what to do."""
+        return _error(self, exc, doing)
+
+
+class _Database(_Server):
+    """The connections of one (sync) journal: its pool, a second pool for advisory locks, the
+    schema check; every failure becomes a :class:`JournalError`."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        min_size: int,
+        max_size: int,
+        lease_mode: bool,
+        schema: str,
+        timeout: float,
+    ) -> None:
+        super().__init__(
+            conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            lease_mode=lease_mode,
+            schema=schema,
+            timeout=timeout,
+        )
         self._guard = threading.Lock()
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._lock_pool: psycopg_pool.ConnectionPool[Any] | None = None
-        self._closed = False
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -189,7 +299,7 @@ class _Database:
         try:
             with psycopg.connect(self._conninfo, **self._kwargs) as connection:
                 self.target = _describe_connection(connection)
-                self._prepare_schema(connection)
+                _execute(connection, prepare_schema(self))
         except psycopg.Error as exc:
             raise self.error(exc, "open the journal") from exc
         self._pool = self._new_pool("journal", self._min_size, _durable)
@@ -210,63 +320,22 @@ class _Database:
         pool.open(wait=False)
         return pool
 
-    def _prepare_schema(self, connection: _Connection) -> None:
-        """Refuse a foreign or newer schema; create or migrate an absent or older one to
-        :data:`SCHEMA_VERSION` in one transaction, serialised between processes."""
-        s = self.quoted
-        with connection.transaction():
-            connection.execute("SELECT pg_advisory_xact_lock(%s)", (_schema_lock_key(self.schema),))
-            relations = connection.execute(
-                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = %s",
-                (self.schema,),
-            ).fetchall()
-            names = {row[0] for row in relations}
-            if "schema_version" in names:
-                row = connection.execute(f"SELECT version FROM {s}.schema_version").fetchone()
-                if row is None:
-                    raise JournalError(
-                        f"the schema_version table of PostgreSQL schema {self.schema!r} at "
-                        f"{self.target} is empty: the journal's schema was damaged; restore it "
-                        "from a backup"
-                    )
-                version = int(row[0])
-            elif names:
-                raise JournalError(
-                    f"PostgreSQL schema {self.schema!r} at {self.target} holds another "
-                    f"program's tables ({', '.join(sorted(names)[:5])}), not an ecpay-lifecycle "
-                    "journal; give PostgresJournal a schema of its own (schema=...)"
-                )
-            else:
-                connection.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
-                connection.execute(
-                    f"CREATE TABLE {s}.schema_version (id integer PRIMARY KEY CHECK (id = 1), "
-                    "version integer NOT NULL)"
-                )
-                connection.execute(f"INSERT INTO {s}.schema_version (id, version) VALUES (1, 0)")
-                version = 0
-            if version > SCHEMA_VERSION:
-                raise JournalError(
-                    f"PostgreSQL schema {self.schema!r} at {self.target} has journal schema "
-                    f"version {version}, written by a newer ecpay-lifecycle; this version reads "
-                    f"schema version {SCHEMA_VERSION}. Upgrade ecpay-lifecycle (the schema was "
-                    "left unchanged)"
-                )
-            for statements in _MIGRATIONS[version:]:
-                for statement in statements:
-                    connection.execute(statement.format(s=s))
-            if version < SCHEMA_VERSION:
-                connection.execute(
-                    f"UPDATE {s}.schema_version SET version = %s WHERE id = 1", (SCHEMA_VERSION,)
-                )
-
     # -- running ---------------------------------------------------------------------------------
+
+    def open_once(self) -> None:
+        """Open unless open (or closed): for the lease locks of an async journal, whose sync
+        connections are opened on first use."""
+        with self._guard:
+            if self._pool is None and not self._closed:
+                self.open()
 
     def pool(self) -> psycopg_pool.ConnectionPool[Any]:
         self._check_process()
+        if self._pool is None:
+            self.open_once()
         pool = self._pool
         if pool is None or self._closed:
-            raise JournalError(f"this PostgresJournal ({self.target}) is closed; open a new one")
+            raise self.closed_error()
         return pool
 
     def lock_pool(self) -> psycopg_pool.ConnectionPool[Any]:
@@ -276,37 +345,25 @@ class _Database:
         self._check_process()
         with self._guard:
             if self._closed:
-                raise JournalError(
-                    f"this PostgresJournal ({self.target}) is closed; open a new one"
-                )
+                raise self.closed_error()
             if self._lock_pool is None:
                 self._lock_pool = self._new_pool("locks", 0, _patient)
             return self._lock_pool
 
-    def _check_process(self) -> None:
-        if os.getpid() != self._pid:
-            raise JournalError(
-                f"this PostgresJournal ({self.target}) was opened in process {self._pid}, before "
-                "a fork; its connections belong to that process. Open a PostgresJournal in each "
-                "process (after the fork)"
-            )
-
-    def run(self, doing: str, work: Callable[[_Connection, bool], _T]) -> _T:
-        """Run ``work(connection, retried)`` on a pooled connection. A connection found dead
-        (a server restart, a terminated backend) is replaced and ``work`` runs once more with
+    def run(self, doing: str, program: Callable[[bool], _Program[_T]]) -> _T:
+        """Run ``program(retried)`` on a pooled connection. A connection found dead (a server
+        restart, a terminated backend) is replaced and the program runs once more with
         ``retried=True``, so it must be safe to repeat after a failure of unknown outcome."""
         retried = False
         while True:
             connection: _Connection | None = None
             try:
                 with self.pool().connection() as connection:
-                    return work(connection, retried)
+                    return _execute(connection, program(retried))
             except psycopg_pool.PoolTimeout as exc:
                 raise self.no_connection(doing) from exc
             except psycopg_pool.PoolClosed as exc:  # pragma: no cover - close() racing a call
-                raise JournalError(
-                    f"this PostgresJournal ({self.target}) is closed; open a new one"
-                ) from exc
+                raise self.closed_error() from exc
             except psycopg.Error as exc:
                 if retried or not _lost(exc, connection):
                     raise self.error(exc, doing) from exc
@@ -327,82 +384,125 @@ class _Database:
             for pool in pools:
                 pool.close()
 
-    # -- errors ----------------------------------------------------------------------------------
 
-    def scrub(self, text: str) -> str:
-        """``text`` without the conninfo's password, wherever a message might have quoted it."""
-        for secret in self._secrets:
-            text = text.replace(secret, "********")
-        return text
-
-    def no_connection(self, doing: str) -> JournalError:
-        return JournalError(
-            f"PostgresJournal got no connection to {self.target} within {self.timeout} s to "
-            f"{doing}: the server refuses or drops connections, or all max_size="
-            f"{self._max_size} connections are busy. Check that the server is up and reachable "
-            "and the conninfo is right, or raise max_size or timeout"
+def prepare_schema(server: _Server) -> _Program[None]:
+    """Refuse a foreign or newer schema; create or migrate an absent or older one to
+    :data:`SCHEMA_VERSION`, in one transaction, serialised between processes."""
+    s = server.quoted
+    yield _BEGIN
+    yield _Sql("SELECT pg_advisory_xact_lock(%s)", (_schema_lock_key(server.schema),))
+    relations = yield _Sql(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s",
+        (server.schema,),
+    )
+    names = {row[0] for row in relations.rows}
+    if "schema_version" in names:
+        found = yield _Sql(f"SELECT version FROM {s}.schema_version")
+        if not found.rows:
+            raise JournalError(
+                f"the schema_version table of PostgreSQL schema {server.schema!r} at "
+                f"{server.target} is empty: the journal's schema was damaged; restore it "
+                "from a backup"
+            )
+        version = int(found.rows[0][0])
+    elif names:
+        raise JournalError(
+            f"PostgreSQL schema {server.schema!r} at {server.target} holds another "
+            f"program's tables ({', '.join(sorted(names)[:5])}), not an ecpay-lifecycle "
+            f"journal; give {server.kind} a schema of its own (schema=...)"
         )
-
-    def error(self, exc: psycopg.Error, doing: str) -> JournalError:
-        """One :class:`JournalError` per kind of failure, saying what to do."""
-        state = exc.sqlstate or ""
-        text = str(exc)
-        # A failed login carries no SQLSTATE in psycopg: its FATAL message tells the kind.
-        if not state and "FATAL:" in text:
-            if re.search(r'database ".*" does not exist', text):
-                state = "3D000"
-            elif re.search(
-                r"password authentication failed|role \".*\" does not exist|"
-                r"no pg_hba.conf entry",
-                text,
-            ):
-                state = "28000"
-        if state.startswith("28"):
-            advice = "the server refused the login: check the user and password of the conninfo"
-        elif state == "3D000":
-            advice = "the database does not exist: create it, or fix dbname in the conninfo"
-        elif state == "42501":
-            advice = (
-                f"the role lacks a privilege on schema {self.schema!r}: grant it (CREATE on the "
-                "database, and USAGE, SELECT, INSERT and UPDATE on the schema's tables)"
-            )
-        elif state == "25006":
-            advice = "the server is a read-only standby: point the conninfo at the primary"
-        elif state.startswith("53"):
-            advice = (
-                "the server is out of a resource (disk, memory or connections): free it, or "
-                "lower max_size"
-            )
-        elif isinstance(exc, psycopg.OperationalError):
-            advice = (
-                "check that the server is up and reachable and that the conninfo (host, port, "
-                "dbname, user, password) is right, then try again"
-            )
-        else:
-            advice = "see the server's log, then try again"
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        return JournalError(
-            self.scrub(f"PostgresJournal could not {doing} at {self.target}: {first}; {advice}")
+    else:
+        yield _Sql(f"CREATE SCHEMA IF NOT EXISTS {s}")
+        yield _Sql(
+            f"CREATE TABLE {s}.schema_version (id integer PRIMARY KEY CHECK (id = 1), "
+            "version integer NOT NULL)"
         )
+        yield _Sql(f"INSERT INTO {s}.schema_version (id, version) VALUES (1, 0)")
+        version = 0
+    if version > SCHEMA_VERSION:
+        raise JournalError(
+            f"PostgreSQL schema {server.schema!r} at {server.target} has journal schema "
+            f"version {version}, written by a newer ecpay-lifecycle; this version reads "
+            f"schema version {SCHEMA_VERSION}. Upgrade ecpay-lifecycle (the schema was "
+            "left unchanged)"
+        )
+    for statements in _MIGRATIONS[version:]:
+        for statement in statements:
+            yield _Sql(statement.format(s=s))
+    if version < SCHEMA_VERSION:
+        yield _Sql(f"UPDATE {s}.schema_version SET version = %s WHERE id = 1", (SCHEMA_VERSION,))
+    yield _COMMIT
+
+
+def _error(server: _Server, exc: psycopg.Error, doing: str) -> JournalError:
+    """One :class:`JournalError` per kind of failure, saying what to do."""
+    state = exc.sqlstate or ""
+    text = str(exc)
+    # A failed login carries no SQLSTATE in psycopg: its FATAL message tells the kind.
+    if not state and "FATAL:" in text:
+        if re.search(r'database ".*" does not exist', text):
+            state = "3D000"
+        elif re.search(
+            r"password authentication failed|role \".*\" does not exist|"
+            r"no pg_hba.conf entry",
+            text,
+        ):
+            state = "28000"
+    if state.startswith("28"):
+        advice = "the server refused the login: check the user and password of the conninfo"
+    elif state == "3D000":
+        advice = "the database does not exist: create it, or fix dbname in the conninfo"
+    elif state == "42501":
+        advice = (
+            f"the role lacks a privilege on schema {server.schema!r}: grant it (CREATE on the "
+            "database, and USAGE, SELECT, INSERT and UPDATE on the schema's tables)"
+        )
+    elif state == "25006":
+        advice = "the server is a read-only standby: point the conninfo at the primary"
+    elif state.startswith("53"):
+        advice = (
+            "the server is out of a resource (disk, memory or connections): free it, or "
+            "lower max_size"
+        )
+    elif isinstance(exc, psycopg.OperationalError):
+        advice = (
+            "check that the server is up and reachable and that the conninfo (host, port, "
+            "dbname, user, password) is right, then try again"
+        )
+    else:
+        advice = "see the server's log, then try again"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return JournalError(
+        server.scrub(f"{server.kind} could not {doing} at {server.target}: {first}; {advice}")
+    )
 
 
 def _durable(connection: _Connection) -> None:
     """Each pooled connection commits durably: the attempt must survive a crash of the server
     before its request leaves (habit 15). A server-wide ``synchronous_commit = off`` is undone
     for the journal's sessions; stronger settings (``remote_apply``) are kept."""
-    row = connection.execute("SELECT current_setting('synchronous_commit')").fetchone()
-    if row is not None and row[0] == "off":
-        connection.execute("SET synchronous_commit TO on")
+    _execute(connection, durable_settings())
+
+
+def durable_settings() -> _Program[None]:
+    found = yield _Sql("SELECT current_setting('synchronous_commit')")
+    if found.rows and found.rows[0][0] == "off":
+        yield _Sql("SET synchronous_commit TO on")
 
 
 def _patient(connection: _Connection) -> None:
     """Each lock connection waits for as long as another holder keeps the order, and may sit
     idle holding a lock across HTTP calls: no timeout set for the server or the role may end
     the wait or the session (``hold`` promises to block until the lock is the caller's)."""
+    connection.execute(patient_settings(connection.info.server_version))
+
+
+def patient_settings(server_version: int) -> str:
     settings = "SET statement_timeout = 0; SET lock_timeout = 0"
-    if connection.info.server_version >= 140000:  # idle_session_timeout is new in 14
+    if server_version >= 140000:  # idle_session_timeout is new in 14
         settings += "; SET idle_session_timeout = 0"
-    connection.execute(settings)
+    return settings
 
 
 def _lost(exc: psycopg.Error, connection: _Connection | None) -> bool:
@@ -438,79 +538,14 @@ def _key(*parts: str) -> int:
     )
 
 
-class PostgresJournal:
-    """A :class:`~ecpay_lifecycle.Journal` in PostgreSQL, shared by every thread, process and host
-    that opens the same database and ``schema``.
+class _Operations:
+    """The operations table of one schema: its SQL, and each journal call as a program (the
+    same for the sync and the async journal). Every program is one statement or one
+    transaction, never one kept open between calls (style habit 15)."""
 
-    ``conninfo`` is a libpq connection string or ``postgresql://`` URI (its password never shows
-    in a repr or message). The journal keeps a pool of ``min_size`` to ``max_size`` connections;
-    ``timeout`` is how many seconds a call waits for one (and for a new connection to be made)
-    before :class:`~ecpay_lifecycle.JournalError`. Tables live in the PostgreSQL schema
-    ``schema`` (created, with the journal's tables, on first use; the role needs CREATE on the
-    database then, or an administrator creates the schema for it).
-
-    :attr:`locks` are per-order locks across hosts. By default they are session advisory locks,
-    each held on a connection of a second pool (up to ``max_size`` orders held at once by this
-    object; a further order waits for a connection, up to ``timeout``). Behind a pooler that
-    does not keep a session per client (PgBouncer in transaction mode), session locks would be
-    taken and dropped on arbitrary server sessions: pass ``lease_mode=True``, and the locks
-    become rows in ``order_locks`` with an owner and an expiry ``lock_lease`` seconds ahead,
-    renewed while held by a background thread; a dead holder's lock lapses at its expiry. In
-    ``lease_mode`` no statement is prepared on the server, for the same reason.
-
-    Records are never forgotten: an idempotency key replays for as long as its row is kept.
-    Open one journal per process (after any ``fork``) and :meth:`close` it at the end.
-    """
-
-    def __init__(
-        self,
-        conninfo: str,
-        *,
-        min_size: int = 1,
-        max_size: int = 10,
-        lease_mode: bool = False,
-        schema: str = "ecpay_lifecycle",
-        timeout: float = 30.0,
-        lock_lease: float = 30.0,
-    ) -> None:
-        if _MISSING is not None:  # pragma: no cover - the postgres extra is not installed
-            raise ConfigurationError(
-                "PostgresJournal needs psycopg 3 and psycopg_pool: "
-                "pip install 'ecpay-lifecycle[postgres]'"
-            ) from _MISSING
-        if not isinstance(conninfo, str):
-            raise InvalidArgumentType(
-                f"conninfo must be a str (a connection string or URI), not "
-                f"{type(conninfo).__name__}"
-            )
-        _check_int(min_size, "min_size", least=0)
-        _check_int(max_size, "max_size", least=max(1, min_size))
-        if not isinstance(lease_mode, bool):
-            raise InvalidArgumentType(f"lease_mode must be a bool, not {type(lease_mode).__name__}")
-        if not isinstance(schema, str):
-            raise InvalidArgumentType(f"schema must be a str, not {type(schema).__name__}")
-        if not _SCHEMA_NAME.fullmatch(schema):
-            raise InvalidArgument(
-                f"schema must be a lower-case PostgreSQL name (letters, digits, _; at most 63), "
-                f"got {schema!r}"
-            )
-        _check_seconds(timeout, "timeout")
-        _check_seconds(lock_lease, "lock_lease")
-        self._db = _Database(
-            conninfo,
-            min_size=min_size,
-            max_size=max_size,
-            lease_mode=lease_mode,
-            schema=schema,
-            timeout=float(timeout),
-        )
-        self._lease_mode = lease_mode
-        self._locks: PostgresOrderLocks | PostgresLeaseLocks
-        if lease_mode:
-            self._locks = PostgresLeaseLocks(self._db, lease=float(lock_lease))
-        else:
-            self._locks = PostgresOrderLocks(self._db)
-        s = self._db.quoted
+    def __init__(self, server: _Server) -> None:
+        self._server = server
+        s = server.quoted
         columns = (
             "merchant_id, key, merchant_trade_no, request, revision, owner, lease_until, open, "
             "record"
@@ -554,6 +589,225 @@ class PostgresJournal:
             f"SELECT key, record FROM {s}.operations WHERE {_ACTIVE} AND merchant_id = %s "
             "ORDER BY saved_seq LIMIT %s"
         )
+
+    def claim(self, record: OperationRecord, now: dt.datetime) -> Callable[[bool], _Program[Claim]]:
+        new, created = arbitrate(None, record, now)
+        assert created is not None  # arbitrate always writes a record nobody holds
+
+        def program(_retried: bool) -> _Program[Claim]:
+            inserted = yield _Sql(self._sql_insert, self.values(created))
+            if inserted.rowcount == 1:
+                return new
+            yield _BEGIN
+            found = yield _Sql(self._sql_lock_row, (record.merchant_id, record.key))
+            if not found.rows:  # pragma: no cover - rows are never deleted
+                raise JournalError(
+                    f"the row of operation {record.key!r} vanished while it was claimed at "
+                    f"{self._server.target}: something other than ecpay-lifecycle deletes rows"
+                )
+            claim, write = arbitrate(self.decode(found.rows[0][0], record.key), record, now)
+            if write is not None:
+                yield _Sql(self._sql_update, self.values(write))
+            yield _COMMIT
+            return claim
+
+        return program
+
+    def save(self, record: OperationRecord) -> Callable[[bool], _Program[OperationRecord]]:
+        written = attrs.evolve(record, revision=record.revision + 1)
+        values = self.values(written)
+        values["expected"] = record.revision
+
+        def program(retried: bool) -> _Program[OperationRecord]:
+            updated = yield _Sql(self._sql_save, values)
+            if updated.rowcount == 1:
+                return written
+            found = yield _Sql(self._sql_stored, (record.merchant_id, record.key))
+            row = found.rows[0] if found.rows else None
+            if row is not None and (row[1], row[2]) != (record.merchant_trade_no, record.request):
+                raise InvalidArgument(
+                    f"journal record {record.key!r} names another order or request than the "
+                    "stored one; a save never changes what an operation is"
+                )
+            stored = None if row is None else int(row[0])
+            if (
+                retried
+                and row is not None
+                and stored == written.revision
+                and self.decode(row[3], record.key) == written
+            ):
+                return written  # the lost attempt had committed
+            raise OwnershipLost(
+                f"journal record {record.key!r} changed since this worker read it (revision "
+                f"{record.revision}, now {stored}): another worker owns or resolved the "
+                "operation; nothing more is sent",
+                merchant_trade_no=record.merchant_trade_no,
+            )
+
+        return program
+
+    def get(self, merchant_id: str, key: str) -> Callable[[bool], _Program[OperationRecord | None]]:
+        def program(_retried: bool) -> _Program[OperationRecord | None]:
+            found = yield _Sql(self._sql_get, (merchant_id, key))
+            return self.decode(found.rows[0][0], key) if found.rows else None
+
+        return program
+
+    def for_order(
+        self, merchant_id: str, merchant_trade_no: str
+    ) -> Callable[[bool], _Program[list[OperationRecord]]]:
+        return self._records(self._sql_order, (merchant_id, merchant_trade_no))
+
+    def open_operations(
+        self, merchant_id: str | None, limit: int
+    ) -> Callable[[bool], _Program[list[OperationRecord]]]:
+        if merchant_id is None:
+            return self._records(self._sql_open_all, (limit,))
+        return self._records(self._sql_open_one, (merchant_id, limit))
+
+    def _records(
+        self, sql: str, params: Sequence[object]
+    ) -> Callable[[bool], _Program[list[OperationRecord]]]:
+        # One statement in autocommit: no transaction or snapshot outlives the call.
+        def program(_retried: bool) -> _Program[list[OperationRecord]]:
+            found = yield _Sql(sql, params)
+            return [self.decode(record, key) for key, record in found.rows]
+
+        return program
+
+    def values(self, record: OperationRecord) -> dict[str, object]:
+        text = json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        if "\\u0000" in text:
+            raise JournalError(
+                f"the record of operation {record.key!r} holds a NUL character, which PostgreSQL "
+                "cannot store; nothing was written"
+            )
+        return {
+            "merchant_id": record.merchant_id,
+            "key": record.key,
+            "merchant_trade_no": record.merchant_trade_no,
+            "request": record.request,
+            "revision": record.revision,
+            "owner": record.owner,
+            "lease_until": record.lease_until,
+            "open": record.open_attempt is not None,
+            "record": text,
+        }
+
+    def decode(self, value: object, key: str) -> OperationRecord:
+        try:
+            if not isinstance(value, dict):
+                raise InvalidArgumentType(f"a JSON object, not {type(value).__name__}")
+            return OperationRecord.from_dict(value)
+        except (InvalidArgument, InvalidArgumentType) as exc:
+            raise JournalError(
+                f"the record of operation {key!r} in schema {self._server.schema!r} at "
+                f"{self._server.target} cannot be read ({exc}): it was changed by something other "
+                "than ecpay-lifecycle; restore it from a backup"
+            ) from exc
+
+
+def _check_listing(merchant_id: object, limit: object) -> None:
+    if merchant_id is not None:
+        check_text(merchant_id=merchant_id)
+    _check_int(limit, "limit", least=1)
+
+
+def _check_journal_args(
+    name: str,
+    conninfo: object,
+    *,
+    min_size: object,
+    max_size: object,
+    lease_mode: object,
+    schema: object,
+    timeout: object,
+    lock_lease: object,
+) -> None:
+    """The arguments both PostgreSQL journals take, checked before anything connects."""
+    if _MISSING is not None:  # pragma: no cover - the postgres extra is not installed
+        raise ConfigurationError(
+            f"{name} needs psycopg 3 and psycopg_pool: pip install 'ecpay-lifecycle[postgres]'"
+        ) from _MISSING
+    if not isinstance(conninfo, str):
+        raise InvalidArgumentType(
+            f"conninfo must be a str (a connection string or URI), not {type(conninfo).__name__}"
+        )
+    _check_int(min_size, "min_size", least=0)
+    _check_int(max_size, "max_size", least=max(1, cast(int, min_size)))
+    if not isinstance(lease_mode, bool):
+        raise InvalidArgumentType(f"lease_mode must be a bool, not {type(lease_mode).__name__}")
+    if not isinstance(schema, str):
+        raise InvalidArgumentType(f"schema must be a str, not {type(schema).__name__}")
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise InvalidArgument(
+            f"schema must be a lower-case PostgreSQL name (letters, digits, _; at most 63), "
+            f"got {schema!r}"
+        )
+    _check_seconds(timeout, "timeout")
+    _check_seconds(lock_lease, "lock_lease")
+
+
+class PostgresJournal:
+    """A :class:`~ecpay_lifecycle.Journal` in PostgreSQL, shared by every thread, process and host
+    that opens the same database and ``schema``.
+
+    ``conninfo`` is a libpq connection string or ``postgresql://`` URI (its password never shows
+    in a repr or message). The journal keeps a pool of ``min_size`` to ``max_size`` connections;
+    ``timeout`` is how many seconds a call waits for one (and for a new connection to be made)
+    before :class:`~ecpay_lifecycle.JournalError`. Tables live in the PostgreSQL schema
+    ``schema`` (created, with the journal's tables, on first use; the role needs CREATE on the
+    database then, or an administrator creates the schema for it).
+
+    :attr:`locks` are per-order locks across hosts. By default they are session advisory locks,
+    each held on a connection of a second pool (up to ``max_size`` orders held at once by this
+    object; a further order waits for a connection, up to ``timeout``). Behind a pooler that
+    does not keep a session per client (PgBouncer in transaction mode), session locks would be
+    taken and dropped on arbitrary server sessions: pass ``lease_mode=True``, and the locks
+    become rows in ``order_locks`` with an owner and an expiry ``lock_lease`` seconds ahead,
+    renewed while held by a background thread; a dead holder's lock lapses at its expiry. In
+    ``lease_mode`` no statement is prepared on the server, for the same reason.
+
+    Records are never forgotten: an idempotency key replays for as long as its row is kept.
+    Open one journal per process (after any ``fork``) and :meth:`close` it at the end.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        lease_mode: bool = False,
+        schema: str = "ecpay_lifecycle",
+        timeout: float = 30.0,
+        lock_lease: float = 30.0,
+    ) -> None:
+        _check_journal_args(
+            type(self).__name__,
+            conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            lease_mode=lease_mode,
+            schema=schema,
+            timeout=timeout,
+            lock_lease=lock_lease,
+        )
+        self._db = _Database(
+            conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            lease_mode=lease_mode,
+            schema=schema,
+            timeout=float(timeout),
+        )
+        self._lease_mode = lease_mode
+        self._locks: PostgresOrderLocks | PostgresLeaseLocks
+        if lease_mode:
+            self._locks = PostgresLeaseLocks(self._db, lease=float(lock_lease))
+        else:
+            self._locks = PostgresOrderLocks(self._db)
+        self._ops = _Operations(self._db)
         self._db.open()
 
     def __repr__(self) -> str:
@@ -594,31 +848,11 @@ class PostgresJournal:
         A new key is one ``INSERT ... ON CONFLICT DO NOTHING`` of what :func:`arbitrate` gives
         a key nobody holds (the unique key makes it atomic); a key that exists is locked
         (``SELECT ... FOR UPDATE``), decided and written in one transaction. A connection lost
-        mid-claim is retried once on another: the same owner claiming again is its own renewal,
-        so a claim that did commit is not refused as busy."""
+        mid-claim is retried once on another: the same owner claiming again is its own
+        renewal, so a claim that did commit is not refused as busy."""
         check_record(record)
         check_aware(now, field="now")
-        new, created = arbitrate(None, record, now)
-        assert created is not None  # arbitrate always writes a record nobody holds
-
-        def decide(connection: _Connection, _retried: bool) -> Claim:
-            if connection.execute(self._sql_insert, self._values(created)).rowcount == 1:
-                return new
-            with connection.transaction():
-                row = connection.execute(
-                    self._sql_lock_row, (record.merchant_id, record.key)
-                ).fetchone()
-                if row is None:  # pragma: no cover - rows are never deleted
-                    raise JournalError(
-                        f"the row of operation {record.key!r} vanished while it was claimed at "
-                        f"{self._db.target}: something other than ecpay-lifecycle deletes rows"
-                    )
-                claim, write = arbitrate(self._decode(row[0], record.key), record, now)
-                if write is not None:
-                    connection.execute(self._sql_update, self._values(write))
-                return claim
-
-        return self._db.run(f"claim operation {record.key!r}", decide)
+        return self._db.run(f"claim operation {record.key!r}", self._ops.claim(record, now))
 
     def save(self, record: OperationRecord) -> OperationRecord:
         """See :meth:`Journal.save`: one ``UPDATE`` conditional on the revision, committed (and
@@ -627,50 +861,20 @@ class PostgresJournal:
         A connection lost mid-save is retried once on another; if the first write did commit,
         the row already holds exactly the record written, and that is the answer."""
         check_record(record)
-        written = attrs.evolve(record, revision=record.revision + 1)
-        values = self._values(written)
-        values["expected"] = record.revision
-
-        def replace(connection: _Connection, retried: bool) -> OperationRecord:
-            if connection.execute(self._sql_save, values).rowcount == 1:
-                return written
-            row = connection.execute(self._sql_stored, (record.merchant_id, record.key)).fetchone()
-            if row is not None and (row[1], row[2]) != (record.merchant_trade_no, record.request):
-                raise InvalidArgument(
-                    f"journal record {record.key!r} names another order or request than the "
-                    "stored one; a save never changes what an operation is"
-                )
-            stored = None if row is None else int(row[0])
-            if (
-                retried
-                and stored == written.revision
-                and self._decode(row[3], record.key) == written
-            ):
-                return written  # the lost attempt had committed
-            raise OwnershipLost(
-                f"journal record {record.key!r} changed since this worker read it (revision "
-                f"{record.revision}, now {stored}): another worker owns or resolved the "
-                "operation; nothing more is sent",
-                merchant_trade_no=record.merchant_trade_no,
-            )
-
-        return self._db.run(f"save operation {record.key!r}", replace)
+        return self._db.run(f"save operation {record.key!r}", self._ops.save(record))
 
     def get(self, merchant_id: str, key: str) -> OperationRecord | None:
         """See :meth:`Journal.get`."""
         check_text(merchant_id=merchant_id, key=key)
-        rows = self._read(f"read operation {key!r}", self._sql_get, (merchant_id, key))
-        return self._decode(rows[0][0], key) if rows else None
+        return self._db.run(f"read operation {key!r}", self._ops.get(merchant_id, key))
 
     def for_order(self, merchant_id: str, merchant_trade_no: str) -> Sequence[OperationRecord]:
         """See :meth:`Journal.for_order`: oldest first, through the order's index."""
         check_text(merchant_id=merchant_id, merchant_trade_no=merchant_trade_no)
-        rows = self._read(
+        return self._db.run(
             f"read the operations of order {merchant_trade_no}",
-            self._sql_order,
-            (merchant_id, merchant_trade_no),
+            self._ops.for_order(merchant_id, merchant_trade_no),
         )
-        return [self._decode(record, key) for key, record in rows]
 
     def open_operations(
         self, merchant_id: str | None = None, *, limit: int = 100
@@ -681,51 +885,8 @@ class PostgresJournal:
         Each save renews an owner's lease, so the first ones are those stuck the longest; read
         through a small partial index, never the whole table (R22, R23).
         """
-        if merchant_id is not None:
-            check_text(merchant_id=merchant_id)
-        _check_int(limit, "limit", least=1)
-        if merchant_id is None:
-            rows = self._read("list open operations", self._sql_open_all, (limit,))
-        else:
-            rows = self._read("list open operations", self._sql_open_one, (merchant_id, limit))
-        return [self._decode(record, key) for key, record in rows]
-
-    # -- helpers ---------------------------------------------------------------------------------
-
-    def _read(self, doing: str, sql: str, parameters: Sequence[object]) -> list[Any]:
-        # One statement in autocommit: no transaction or snapshot outlives the call.
-        return self._db.run(doing, lambda c, _: c.execute(sql, parameters).fetchall())
-
-    def _values(self, record: OperationRecord) -> dict[str, object]:
-        text = json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":"))
-        if "\\u0000" in text:
-            raise JournalError(
-                f"the record of operation {record.key!r} holds a NUL character, which PostgreSQL "
-                "cannot store; nothing was written"
-            )
-        return {
-            "merchant_id": record.merchant_id,
-            "key": record.key,
-            "merchant_trade_no": record.merchant_trade_no,
-            "request": record.request,
-            "revision": record.revision,
-            "owner": record.owner,
-            "lease_until": record.lease_until,
-            "open": record.open_attempt is not None,
-            "record": text,
-        }
-
-    def _decode(self, value: object, key: str) -> OperationRecord:
-        try:
-            if not isinstance(value, dict):
-                raise InvalidArgumentType(f"a JSON object, not {type(value).__name__}")
-            return OperationRecord.from_dict(value)
-        except (InvalidArgument, InvalidArgumentType) as exc:
-            raise JournalError(
-                f"the record of operation {key!r} in schema {self._db.schema!r} at "
-                f"{self._db.target} cannot be read ({exc}): it was changed by something other "
-                "than ecpay-lifecycle; restore it from a backup"
-            ) from exc
+        _check_listing(merchant_id, limit)
+        return self._db.run("list open operations", self._ops.open_operations(merchant_id, limit))
 
 
 # -- order locks ----------------------------------------------------------------------------------
@@ -882,9 +1043,7 @@ class PostgresOrderLocks:
             except psycopg_pool.PoolTimeout as exc:
                 raise self._db.no_connection(doing) from exc
             except psycopg_pool.PoolClosed as exc:  # pragma: no cover - close() racing a lock
-                raise JournalError(
-                    f"this PostgresJournal ({self._db.target}) is closed; open a new one"
-                ) from exc
+                raise self._db.closed_error() from exc
             try:
                 row = connection.execute(sql, (key,)).fetchone()
             except psycopg.Error as exc:
@@ -1053,27 +1212,25 @@ class PostgresLeaseLocks:
             "lease": self._lease,
         }
         # Safe to repeat after a lost connection: taking a row this owner holds renews it.
-        return bool(
-            self._db.run(
-                f"lock order {order}", lambda c, _: c.execute(self._sql_take, parameters).rowcount
-            )
+        taken = self._db.run(
+            f"lock order {order}", lambda _: _statement(self._sql_take, parameters)
         )
+        return bool(taken.rowcount)
 
     def _free(self, held: tuple[str, str, str]) -> None:
         self._renewer.discard(held)
         try:
-            self._db.run(f"unlock order {held[1]}", lambda c, _: c.execute(self._sql_free, held))
+            self._db.run(f"unlock order {held[1]}", lambda _: _statement(self._sql_free, held))
         except JournalError as exc:
             _log.warning("order %s: %s; its lock lapses at its expiry", held[1], exc)
 
     def renew(self, batch: Sequence[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
         """Push the expiry of ``batch`` a lease ahead; return those still held."""
         columns = [list(column) for column in zip(*batch, strict=True)]
-        rows = self._db.run(
-            "renew order locks",
-            lambda c, _: c.execute(self._sql_renew, (self._lease, *columns)).fetchall(),
+        renewed = self._db.run(
+            "renew order locks", lambda _: _statement(self._sql_renew, (self._lease, *columns))
         )
-        return {(m, o, w) for m, o, w in rows}
+        return {(m, o, w) for m, o, w in renewed.rows}
 
 
 class _Renewer:
