@@ -1,4 +1,6 @@
-"""The sans-I/O protocol: envelopes (spec 2), DoAction (3), CreditDetail (4, R3), Cashier (5), R2.
+"""The sans-I/O protocol: envelopes, DoAction, CreditDetail (R3), Cashier, R2.
+
+They are docs/ecpay-api.md sections 2, 3, 4 and 5.
 
 Replies are built by hand here, encrypted with the codec of ``test_codec.py`` (which is pinned
 to ECPay's public vectors), so these tests do not depend on the emulator.
@@ -60,7 +62,7 @@ NOW = dt.datetime(2026, 8, 1, 10, 0, tzinfo=TAIPEI)
 ORDER = "Shop20260801A1"
 TRADE = "2608010930521234"
 
-# The JSON endpoint's real reply, as quoted in spec section 4.
+# The JSON endpoint's real reply, as quoted in docs/ecpay-api.md section 4.
 SPEC_CREDIT_DETAIL = {
     "RtnMsg": "",
     "RtnValue": {
@@ -86,7 +88,8 @@ AIO_CREDIT_DETAIL = {
         ],
     },
 }
-# The inner reply of Cashier/QueryTrade, as quoted in spec section 5 (order number adapted).
+# The inner reply of Cashier/QueryTrade, as quoted in docs/ecpay-api.md section 5 (order number
+# adapted).
 SPEC_CASHIER = {
     "RtnCode": 1,
     "RtnMsg": "Success",
@@ -287,7 +290,8 @@ def test_build_do_action_envelope_and_inner_data() -> None:
 
 
 def test_timestamp_is_plain_unix_seconds_whatever_the_zone() -> None:
-    # R20 / spec 2: no "+8 hours"; the same instant gives the same Timestamp in any zone.
+    # R20 / docs/ecpay-api.md section 2: no "+8 hours"; the same instant gives the same Timestamp
+    # in any zone.
     utc = dt.datetime(2024, 11, 25, 7, 33, 20, 999999, tzinfo=dt.UTC)
     for now in (utc, utc.astimezone(TAIPEI), utc.astimezone(dt.timezone(dt.timedelta(hours=-5)))):
         request = build_credit_detail(CREDS, merchant_trade_no=ORDER, now=now)
@@ -385,11 +389,17 @@ def test_http_403_is_rate_limited_with_the_30_minute_advice() -> None:
 
 
 @pytest.mark.parametrize("status", [500, 502, 404, 201, 302])
-def test_other_http_statuses_are_protocol_errors(status: int) -> None:
+def test_other_http_statuses_without_an_envelope_are_protocol_errors(status: int) -> None:
     with pytest.raises(ProtocolError, match=str(status)) as info:
-        open_reply(CREDS, status, envelope(do_action_reply()), request=do_action())
+        open_reply(CREDS, status, b"<html>Server Error</html>", request=do_action())
     assert info.value.merchant_trade_no == ORDER
     assert info.value.raw is not None
+
+
+@pytest.mark.parametrize("status", [500, 502, 404, 201, 302])
+def test_other_http_statuses_with_an_envelope_are_read_as_on_200(status: int) -> None:
+    inner = do_action_reply()
+    assert open_reply(CREDS, status, envelope(inner), request=do_action()) == inner
 
 
 @pytest.mark.parametrize("content", [b"", b"<html>", b"[1, 2]", b'"text"', b"\xff\xfe", b"null"])
@@ -672,7 +682,7 @@ def test_credit_detail_rtn_code_1_wins_over_its_message() -> None:
     assert parse_credit_detail(inner, request=detail_request()).status is GatewayStatus.AUTHORIZED
 
 
-# R3, spec section 4's table, written out independently of _models.
+# R3, the table of docs/ecpay-api.md section 4, written out independently of _models.
 STATE_TABLE = {
     ("已授權", "Authorized"): State.AUTHORIZED,
     ("操作取消", "Operation canceled"): State.AUTHORIZED,

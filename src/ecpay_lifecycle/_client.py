@@ -104,6 +104,7 @@ class _Shell:
         fence_margin: float | dt.timedelta,
         lease: float | dt.timedelta,
         refund_visible_at_once: bool,
+        allow_stage_do_action: bool,
     ) -> None:
         if isinstance(self, Client) and is_async_journal(journal):
             raise ConfigurationError(
@@ -120,6 +121,7 @@ class _Shell:
             fence_margin=fence_margin,
             lease=lease,
             refund_visible_at_once=refund_visible_at_once,
+            allow_stage_do_action=allow_stage_do_action,
         )
         self._base_url = checked_url
         self._timeout = _check_timeout(timeout)
@@ -162,6 +164,8 @@ class Client(_Shell):
     manager) when done. Money movement on one order is serialised across every client sharing
     the journal; different orders proceed in parallel. ``fence_margin``, ``lease`` and
     ``refund_visible_at_once`` tune the safety protocol (R22, R23; see docs/client.md).
+    Against ECPay's stage host, DoAction is refused unless ``allow_stage_do_action=True``
+    (stage answers it only for its own test authorizations; docs/ecpay-api.md section 1).
     """
 
     def __init__(
@@ -177,6 +181,7 @@ class Client(_Shell):
         fence_margin: float | dt.timedelta = DEFAULT_FENCE_MARGIN,
         lease: float | dt.timedelta = DEFAULT_LEASE,
         refund_visible_at_once: bool = False,
+        allow_stage_do_action: bool = False,
     ) -> None:
         super().__init__(
             credentials,
@@ -188,6 +193,7 @@ class Client(_Shell):
             fence_margin=fence_margin,
             lease=lease,
             refund_visible_at_once=refund_visible_at_once,
+            allow_stage_do_action=allow_stage_do_action,
         )
         if transport is not None and not isinstance(transport, httpx.BaseTransport):
             raise InvalidArgumentType(
@@ -397,6 +403,7 @@ class AsyncClient(_Shell):
         fence_margin: float | dt.timedelta = DEFAULT_FENCE_MARGIN,
         lease: float | dt.timedelta = DEFAULT_LEASE,
         refund_visible_at_once: bool = False,
+        allow_stage_do_action: bool = False,
     ) -> None:
         super().__init__(
             credentials,
@@ -408,6 +415,7 @@ class AsyncClient(_Shell):
             fence_margin=fence_margin,
             lease=lease,
             refund_visible_at_once=refund_visible_at_once,
+            allow_stage_do_action=allow_stage_do_action,
         )
         if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
             raise InvalidArgumentType(

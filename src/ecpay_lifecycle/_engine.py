@@ -449,6 +449,7 @@ class Engine:
         fence_margin: float | dt.timedelta = DEFAULT_FENCE_MARGIN,
         lease: float | dt.timedelta = DEFAULT_LEASE,
         refund_visible_at_once: bool = False,
+        allow_stage_do_action: bool = False,
     ) -> None:
         if not isinstance(credentials, Credentials):
             raise InvalidArgumentType(
@@ -470,7 +471,13 @@ class Engine:
         self.lease = _seconds(lease, "lease")
         if not self.lease:
             raise InvalidArgument("lease must be longer than zero")
+        if not isinstance(allow_stage_do_action, bool):
+            raise InvalidArgumentType(
+                "allow_stage_do_action must be a bool, not "
+                f"{type(allow_stage_do_action).__name__}"
+            )
         self.refund_visible_at_once = refund_visible_at_once
+        self.allow_stage_do_action = allow_stage_do_action
         self.credentials = credentials
         self.base_url = base_url
         self.stage = is_stage(base_url)
@@ -544,11 +551,15 @@ class Engine:
     # -- checking calls (before any lock or I/O) -----------------------------------------------
 
     def refuse_stage(self, merchant_trade_no: str) -> None:
-        """ECPay's stage host cannot run DoAction (spec 1): refuse before anything is sent."""
-        if self.stage:
+        """DoAction against ECPay's stage host is refused before anything is sent, unless the
+        shop opted in (docs/ecpay-api.md section 1): ECPay's page says stage cannot run it,
+        though stage answers it for its own test authorizations."""
+        if self.stage and not self.allow_stage_do_action:
             raise ConfigurationError(
-                f"DoAction cannot run against ECPay's stage host {self.base_url}: ECPay has no "
-                "DoAction there. Test money movement against ecpay_lifecycle.emulator",
+                f"DoAction against ECPay's stage host {self.base_url} is refused by default: "
+                "ECPay documents no DoAction there, and stage answers it only for its own test "
+                "authorizations. Test money movement against ecpay_lifecycle.emulator, or pass "
+                "allow_stage_do_action=True to the client for one real check on stage",
                 merchant_trade_no=merchant_trade_no,
             )
 

@@ -301,8 +301,11 @@ def open_reply_stamped(
 ) -> tuple[dict[str, Any], int | None]:
     """:func:`open_reply`, plus the reply's ``RpHeader.Timestamp`` (``None`` if absent).
 
-    HTTP 403 raises :class:`RateLimited` (ECPay asks to wait 30 minutes); any other non-200 or a
-    body that is not a JSON object raises :class:`ProtocolError`. ``TransCode != 1`` raises
+    HTTP 403 raises :class:`RateLimited` (ECPay asks to wait 30 minutes). Some ECPay hosts answer
+    envelope errors and even business refusals with HTTP 500 and a valid envelope: the body of
+    any other status is read, and an envelope (a JSON object with a ``TransCode``) is handled as
+    on 200; a body that is not one raises :class:`ProtocolError` (docs/ecpay-api.md section 2),
+    as does a 200 whose body is not a JSON object. ``TransCode != 1`` raises
     :class:`EnvelopeRejected` without decrypting ``Data`` (110, 104 and 115 as the named
     :class:`WrongCredentials`, :class:`ClockOutOfSync` and :class:`ServiceNotEnabled`); an outer
     ``MerchantID`` other than the request's raises :class:`ReplyMismatch`; a ``Data`` that does
@@ -315,16 +318,24 @@ def open_reply_stamped(
             "calling again (not retried)",
             merchant_trade_no=order,
         )
-    if status_code != 200:
-        raise ProtocolError(
-            f"HTTP {status_code} from ECPay {request.path}", merchant_trade_no=order, raw=content
-        )
     try:
         body = json.loads(content)
     except (ValueError, RecursionError) as exc:
+        if status_code != 200:
+            raise ProtocolError(
+                f"HTTP {status_code} from ECPay {request.path}, and its body is not an envelope",
+                merchant_trade_no=order,
+                raw=content,
+            ) from exc
         raise ProtocolError(
             f"reply from {request.path} is not JSON", merchant_trade_no=order, raw=content
         ) from exc
+    if status_code != 200 and not (isinstance(body, dict) and "TransCode" in body):
+        raise ProtocolError(
+            f"HTTP {status_code} from ECPay {request.path}, and its body is not an envelope",
+            merchant_trade_no=order,
+            raw=content,
+        )
     if not isinstance(body, dict):
         raise ProtocolError(
             f"reply from {request.path} is not a JSON object", merchant_trade_no=order, raw=content
