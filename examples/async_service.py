@@ -7,7 +7,8 @@ by every request (its connection pool is the point). Routes, all JSON:
 * ``POST /orders/{merchant_trade_no}/capture``    capture (C)
 * ``POST /orders/{merchant_trade_no}/refund``     body ``{"amount": 300}`` (omit: everything left)
 * ``POST /orders/{merchant_trade_no}/abandon``    release the hold
-* ``POST /orders/{merchant_trade_no}/reconcile``  resolve an unknown outcome (spec section 9)
+* ``POST /orders/{merchant_trade_no}/reconcile``  resolve an unknown outcome
+  (docs/ecpay-api.md section 9)
 
 Money-moving routes require an ``Idempotency-Key`` header, passed through as the client's
 ``idempotency_key``: a shop's front end that retries after a timeout gets the recorded outcome

@@ -17,9 +17,10 @@ The endpoint's contract:
   same request is running in another worker; ``retry_at`` says when to ask again), 502 ECPay
   refused (R16: not enough balance), 503 ECPay could not be reached.
 
-Booking (spec section 9): the shop books each refund *keyed by its idempotency key*, replayed or
-not. If the process dies after ECPay refunded and before the shop booked, the front end's retry
-gets the replayed outcome from the journal, and booking it under its key books it exactly once.
+Booking (docs/ecpay-api.md section 9): the shop books each refund *keyed by its idempotency
+key*, replayed or not. If the process dies after ECPay refunded and before the shop booked, the
+front end's retry gets the replayed outcome from the journal, and booking it under its key books
+it exactly once.
 
 ``examples/test_shop_service.py`` tests it with the testing kit's ``LifecycleMachine``.
 """

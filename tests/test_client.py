@@ -1,4 +1,6 @@
-"""Client and AsyncClient against the emulator: never move money twice (spec sections 2-5, 9).
+"""Client and AsyncClient against the emulator: never move money twice.
+
+The wire is docs/ecpay-api.md sections 2-5, unknown outcomes section 9.
 
 Every test runs twice, once through ``Client`` and once through ``AsyncClient`` (the ``harness``
 fixture drives both through the same calls), against :class:`ecpay_lifecycle.emulator.Emulator`
@@ -205,7 +207,7 @@ def open_steps(client: Any, order: str = "A1") -> list[AttemptStatus]:
     ]
 
 
-# -- queries (spec 4, 5) -----------------------------------------------------------------------
+# -- queries (docs/ecpay-api.md sections 4 and 5) ----------------------------------------------
 
 
 def test_query_reads_state_from_credit_detail_and_kind_from_cashier(harness: Harness) -> None:
@@ -317,7 +319,7 @@ def test_capture_first_refunds_part_of_an_authorization_with_c_then_r(harness: H
     assert harness.state() == (State.TO_CLOSE, 700)
 
 
-# -- lost replies (spec section 9) -------------------------------------------------------------
+# -- lost replies (docs/ecpay-api.md section 9) ------------------------------------------------
 
 AFTER_APPLY = [
     Fault.TIMEOUT_AFTER_APPLY,

@@ -212,7 +212,8 @@ def test_different_orders_move_money_in_parallel_tasks() -> None:
 
 
 def test_lock_entries_live_only_while_held_or_awaited() -> None:
-    # The per-order locks come with the journal (spec 9: every client sharing it shares them).
+    # The per-order locks come with the journal (docs/ecpay-api.md section 9): every client
+    # sharing it shares them.
     locks = InMemoryJournal().locks
     with locks.hold(MID, "A1"):
         with locks.hold(MID, "B2"):

@@ -27,7 +27,7 @@ KEY = "ejCk326UnaZWKisg"
 IV = "q9jcZX8Ib9LM8wYk"
 CODEC = AesCodec(KEY, IV)
 
-# Spec section 11: ECPay's published plaintext / ciphertext pairs (upper-case hex encoding).
+# docs/ecpay-api.md section 11: ECPay's published plaintext / ciphertext pairs (upper-case hex).
 VECTORS = [
     (
         '{"Name":"Test","ID":"A123456789"}',
@@ -53,7 +53,7 @@ LOWER_HEX_VECTOR = (
 
 
 def reference_urlencode(text: str) -> str:
-    """PHP urlencode per the spec: quote_plus with nothing safe, plus '~' -> '%7E'."""
+    """PHP urlencode (docs/ecpay-api.md section 2.1): quote_plus, nothing safe, '~' -> '%7E'."""
     return urllib.parse.quote_plus(text, safe="").replace("~", "%7E")
 
 

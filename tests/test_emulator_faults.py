@@ -1,5 +1,6 @@
-"""Faults switched on by tests (spec sections 9, 10): each one's transport symptom and whether the
-change was applied, through httpx.MockTransport for both sync and async clients."""
+"""Faults switched on by tests (docs/ecpay-api.md sections 9 and 10): each one's transport
+symptom and whether the change was applied, through httpx.MockTransport for both sync and async
+clients."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Fault.LATE_APPLY: a DoAction ECPay accepted but answers too late (spec 9, R22's fence).
+"""Fault.LATE_APPLY: a DoAction ECPay accepted but answers too late (R22's fence).
+
+Unknown outcomes are docs/ecpay-api.md section 9.
 
 The client sees a read timeout and nothing changes now; the request lands ``land_after`` later in
 emulator time, interleaved with the batch and day rules, or at a later request; R20 refuses it

@@ -1,5 +1,6 @@
-"""A CreditDetail served from data behind (spec 9): Fault.STALE_QUERY (some writes behind) and
-EmulatorSettings.credit_detail_lag (some time behind). The truth itself never lags."""
+"""A CreditDetail served from data behind (docs/ecpay-api.md section 9): Fault.STALE_QUERY (some
+writes behind) and EmulatorSettings.credit_detail_lag (some time behind). The truth itself never
+lags."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Shared helpers for the emulator tests: a merchant's side of the wire, built on the codec alone.
 
-Deliberately independent of the library's client: these tests pin the emulator to the spec's
-wire contract (sections 2-5), so that the client can later be tested against the emulator.
+Deliberately independent of the library's client: these tests pin the emulator to the wire
+contract (docs/ecpay-api.md sections 2-5), so that the client can later be tested against the
+emulator.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class Wire:
 
 
 def ok(reply: dict[str, Any]) -> bool:
-    """A DoAction succeeded (RtnCode 1); never read from RtnMsg (spec section 2)."""
+    """A DoAction succeeded (RtnCode 1); never read from RtnMsg (docs/ecpay-api.md section 2)."""
     return reply["RtnCode"] == 1
 
 

@@ -1,4 +1,6 @@
-"""The engine's rarer paths (spec 9): each one a situation a shop meets, counted on ECPay's books.
+"""The engine's rarer paths: each one a situation a shop meets, counted on ECPay's books.
+
+The engine is docs/ecpay-api.md section 9.
 
 - a query that contradicts a step ECPay accepted, after that step's fence: reported, never
   turned into "not done" (R21), and the plan follows the fresh query (R4);

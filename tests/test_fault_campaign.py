@@ -1,4 +1,4 @@
-"""Fault campaign (issue 4, spec section 9): random flows with faults at random points.
+"""Fault campaign (issue 4, docs/ecpay-api.md section 9): random flows with faults at random points.
 
 Each flow authorizes an order of a random kind, brings it to a random starting state through the
 client (authorized, pending capture, closed, pending refund), then asks for a capture, a refund
@@ -124,8 +124,9 @@ QUERY_FAILURES = [Fault.TIMEOUT_BEFORE_APPLY, Fault.SERVER_ERROR_BEFORE_APPLY, F
 def arm_random_faults(flow: Flow) -> list[str]:
     armed = []
     if flow.rng.random() < 0.3:
-        # The central risk (spec 9): a DoAction's reply is lost AND the confirming query fails,
-        # so the client cannot tell; it must lock the order, not guess or re-send.
+        # The central risk (docs/ecpay-api.md section 9): a DoAction's reply is lost AND the
+        # confirming query fails, so the client cannot tell; it must lock the order, not guess or
+        # re-send.
         lost = flow.rng.choice(AFTER_APPLY)
         late = {}
         if lost is Fault.LATE_APPLY:

@@ -1,4 +1,4 @@
-"""The per-order locks of one process (spec section 9, order serialisation).
+"""The per-order locks of one process (docs/ecpay-api.md section 9, order serialisation).
 
 :class:`ProcessOrderLocks` must exclude every kind of caller a process has: threads (``hold``),
 asyncio tasks in one loop and on loops in different threads (``ahold``), and a thread against a

@@ -1,4 +1,6 @@
-"""Money never moves twice, whatever the gateway does (issue 8; spec section 9, R21-R23).
+"""Money never moves twice, whatever the gateway does (issue 8; R21-R23).
+
+Unknown outcomes are docs/ecpay-api.md section 9.
 
 Each scenario that refunded twice before the contract was rewritten, run on 20 orders and counted
 on the emulator's own books (``Emulator.applied_do_actions``), never on the client's word:

@@ -1,4 +1,7 @@
-"""The planner: every cell of spec section 8's table, every rule it enforces, and its properties."""
+"""The planner: every cell of its table, every rule it enforces, and its properties.
+
+The table is docs/ecpay-api.md section 8.
+"""
 
 from __future__ import annotations
 
@@ -71,7 +74,7 @@ def plan_shape(plan: object) -> list[tuple[Action, int]]:
     return [(s.action, s.amount) for s in plan.steps]  # type: ignore[attr-defined]
 
 
-# --- spec 8's table, cell by cell -------------------------------------------------------------
+# --- the table of docs/ecpay-api.md section 8, cell by cell -----------------------------------
 
 ORDINARY = PaymentKind.ONE_TIME
 FULL_ONLY = (PaymentKind.INSTALLMENT, PaymentKind.BONUS)
@@ -221,7 +224,7 @@ class TestNotActionable:
             refused(lambda p=planner: p(snap, now=NOW), "R3")  # type: ignore[misc]
 
 
-# --- capture and abandon (spec 8's prose) -------------------------------------------------------
+# --- capture and abandon (docs/ecpay-api.md section 8's prose) ----------------------------------
 
 
 class TestCapture:

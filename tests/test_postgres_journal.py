@@ -1,4 +1,6 @@
-"""The PostgreSQL journal and its order locks (spec section 9: R23, order serialisation, habit 15).
+"""The PostgreSQL journal and its order locks (R23, order serialisation, habit 15).
+
+See docs/ecpay-api.md section 9.
 
 Every test runs against a real server: a throwaway cluster started once per session (``_pg``),
 with a PostgreSQL schema of its own per test. The journal contract (claim, busy, takeover,

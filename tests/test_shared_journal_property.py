@@ -12,10 +12,11 @@ shop would. Counted on the emulator's books:
   no record says DONE for a step that was not applied;
 - no order is left locked, and no order lock is left held.
 
-The protocol's one assumption about queries (spec 9, R22): ECPay's CreditDetail may answer from
-data behind its writes, but not for longer than the fence margin. So when the clock jumps past a
-fence, query faults that would show data older than that are dropped (:func:`move_clock`); an
-unbounded lag is outside what any query-based protocol can resolve (docs/client.md).
+The protocol's one assumption about queries (docs/ecpay-api.md section 9, R22): ECPay's
+CreditDetail may answer from data behind its writes, but not for longer than the fence margin. So
+when the clock jumps past a fence, query faults that would show data older than that are dropped
+(:func:`move_clock`); an unbounded lag is outside what any query-based protocol can resolve
+(docs/client.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The SQLite journal and its file locks (spec section 9: R23, order serialisation, habit 15).
+"""The SQLite journal and its file locks (R23, order serialisation, habit 15).
+
+Ownership and order serialisation are docs/ecpay-api.md section 9.
 
 The journal contract runs against ``InMemoryJournal`` and ``SQLiteJournal`` alike (the
 ``journal`` fixture), then what only a durable store can show: records outlive the object and

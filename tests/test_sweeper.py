@@ -1,6 +1,7 @@
-"""The sweeper (issue 9, spec 9): ``sweep()`` finds the journal's stuck operations and resolves
-them by R22 without ever sending a DoAction; it leaves orders a live owner runs, backs off
-orders only a person can settle, and stops at ECPay's HTTP 403. Counted on ECPay's books."""
+"""The sweeper (issue 9, docs/ecpay-api.md section 9): ``sweep()`` finds the journal's stuck
+operations and resolves them by R22 without ever sending a DoAction; it leaves orders a live owner
+runs, backs off orders only a person can settle, and stops at ECPay's HTTP 403. Counted on ECPay's
+books."""
 
 from __future__ import annotations
 

@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     plan = commands.add_parser(
         "plan",
         help="plan a capture, refund or abandon for one order (no network)",
-        description="Ask the planner what to send for an order in a given state (spec 8).",
+        description="Ask the planner what to send for an order in a given state "
+        "(docs/ecpay-api.md section 8).",
     )
     plan.add_argument("--order", default="DEMO1", help="MerchantTradeNo (default DEMO1)")
     plan.add_argument("--trade-no", default="2411250000000001", help="ECPay TradeNo")

@@ -1,4 +1,4 @@
-"""The AES envelope codec of ECPay's JSON APIs (spec section 2.1, R1). Pure: no I/O.
+"""The AES envelope codec of ECPay's JSON APIs (docs/ecpay-api.md section 2.1, R1). Pure: no I/O.
 
 Encrypt: compact JSON (UTF-8 kept literal) -> PHP ``urlencode`` -> AES-128-CBC with PKCS7
 padding (key and IV are the 16 ASCII bytes of HashKey and HashIV) -> standard base64.

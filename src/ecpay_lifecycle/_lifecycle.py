@@ -1,4 +1,6 @@
-"""The one lifecycle of an ECPay credit-card order, declared once as data (spec section 6).
+"""The one lifecycle of an ECPay credit-card order, declared once as data.
+
+The lifecycle is docs/ecpay-api.md section 6.
 
 ``TRANSITIONS`` is the single declaration. From it this module builds:
 
@@ -128,8 +130,8 @@ class TransitionSpec:
 
 _DOACTION_GUARDS = ("outside_blackout", "amount_in_range")
 
-#: The lifecycle, spec section 6, as data. Order matters where one trigger has several rows from
-#: one source: the first row whose guards pass wins (as in transitions).
+#: The lifecycle of docs/ecpay-api.md section 6, as data. Order matters where one trigger has
+#: several rows from one source: the first row whose guards pass wins (as in transitions).
 TRANSITIONS: Final[tuple[TransitionSpec, ...]] = (
     # Gateway: the card holder's authorization; UnionPay is closed at once (R8).
     TransitionSpec("authorize", UNAUTHORIZED, AUTHORIZED, "R3", ("not_unionpay",), gateway=True),
@@ -464,7 +466,7 @@ def fire(pos: Position, trigger: str, ctx: Context) -> tuple[Position, str]:
 
 
 class _RuledTransition(Transition):
-    """A transition that also carries the spec rule that allows it."""
+    """A transition that also carries the rule (R-number) that allows it."""
 
     def __init__(self, *args: Any, rule: str = "", effect: str = "keep", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -1,4 +1,4 @@
-"""Per-order locks: money movements on one order run one at a time (spec section 9).
+"""Per-order locks: money movements on one order run one at a time (docs/ecpay-api.md section 9).
 
 :class:`OrderLocks` is the small protocol a journal brings with it (``journal.locks``), so every
 client that shares a journal also shares its locks: the in-memory journal brings

@@ -31,7 +31,7 @@ __all__ = [
 
 
 class Action(enum.StrEnum):
-    """A DoAction ``Action`` value (spec section 3)."""
+    """A DoAction ``Action`` value (docs/ecpay-api.md section 3)."""
 
     CLOSE = "C"
     REFUND = "R"
@@ -40,7 +40,7 @@ class Action(enum.StrEnum):
 
 
 class State(enum.StrEnum):
-    """The lifecycle state of an order (spec section 6)."""
+    """The lifecycle state of an order (docs/ecpay-api.md section 6)."""
 
     AUTHORIZED = "authorized"
     TO_CLOSE = "to_close"
@@ -52,7 +52,10 @@ class State(enum.StrEnum):
 
     @property
     def actionable(self) -> bool:
-        """Whether the library may send any DoAction to an order in this state (spec section 4)."""
+        """Whether the library may send any DoAction to an order in this state.
+
+        See the statuses table of docs/ecpay-api.md section 4.
+        """
         return self in _ACTIONABLE
 
 
@@ -60,7 +63,7 @@ _ACTIONABLE = frozenset({State.AUTHORIZED, State.TO_CLOSE, State.CLOSED})
 
 
 class PaymentKind(enum.StrEnum):
-    """How the card was charged (spec section 5); decides R8, R11 and R12."""
+    """How the card was charged (docs/ecpay-api.md section 5); decides R8, R11 and R12."""
 
     ONE_TIME = "one_time"
     INSTALLMENT = "installment"
@@ -82,7 +85,9 @@ class Intent(enum.StrEnum):
 
 
 class GatewayStatus(enum.Enum):
-    """Every status CreditDetail/QueryTrade can report, in both spellings (spec section 4, R3).
+    """Every status CreditDetail/QueryTrade can report, in both spellings (R3).
+
+    The table is docs/ecpay-api.md section 4.
 
     Each member's value is ``(chinese, english)``; English is ``None`` where ECPay documents none.
     """
@@ -292,7 +297,9 @@ def _snapshot_problem(s: OrderSnapshot) -> str | None:
 
 @attrs.frozen(kw_only=True)
 class Step:
-    """One DoAction to send, with what the order must look like after it (spec section 9).
+    """One DoAction to send, with what the order must look like after it.
+
+    The expected state is what resolves a lost reply (docs/ecpay-api.md section 9).
 
     ``state_after`` and ``closed_amount_after`` are what a confirming query must show;
     ``rule`` names the rule that chose this step.

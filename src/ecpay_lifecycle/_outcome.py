@@ -1,4 +1,6 @@
-"""What the clients return, and the one pure judgement behind unknown outcomes (spec section 9).
+"""What the clients return, and the one pure judgement behind unknown outcomes.
+
+Unknown outcomes are docs/ecpay-api.md section 9.
 
 :class:`Outcome` is what ``capture``, ``refund`` and ``abandon`` return; :class:`Reconciliation`
 is what ``reconcile`` returns. :func:`judge` decides, from the order before a step, the state the
@@ -28,7 +30,7 @@ __all__ = [
 
 
 class Verdict(enum.StrEnum):
-    """Whether a DoAction took effect, as established by a query (spec section 9)."""
+    """Whether a DoAction took effect, as established by a query (docs/ecpay-api.md section 9)."""
 
     #: The order shows what the step expected: the step happened.
     DONE = "done"
@@ -164,7 +166,7 @@ class SweepReport:
 
 
 def _settled(state: State, closed_amount: int, amount: int, auto_close: bool) -> tuple[State, int]:
-    """What ECPay's daily batch turns a (state, closed amount) into (spec section 10).
+    """What ECPay's daily batch turns a (state, closed amount) into (docs/ecpay-api.md section 10).
 
     A pending close settles (Closed, or Refunded when nothing is left); with auto-close on an
     authorized order is first closed for its whole amount (R5). Everything else stays.
@@ -181,13 +183,14 @@ def judge(
     observed: OrderSnapshot,
     expected: tuple[State, int] | None,
 ) -> Verdict:
-    """Did the step that expected ``expected`` (state, closed amount) take effect? (spec 9)
+    """Did the step that expected ``expected`` (state, closed amount) take effect?
 
-    DONE when ``observed`` shows the expected state and closed amount; NOT_DONE when it shows
-    those of ``before``; otherwise UNKNOWN. Because ECPay's batch may run between the step and
-    the query, the batch's version of either side counts too, but only where the two sides stay
-    distinguishable (a capture the auto-close batch would have made anyway is UNKNOWN, never
-    guessed). ``expected`` is ``None`` for a raw DoAction: then only NOT_DONE can be proved.
+    The judgement of docs/ecpay-api.md section 9. DONE when ``observed`` shows the expected state
+    and closed amount; NOT_DONE when it shows those of ``before``; otherwise UNKNOWN. Because
+    ECPay's batch may run between the step and the query, the batch's version of either side counts
+    too, but only where the two sides stay distinguishable (a capture the auto-close batch would
+    have made anyway is UNKNOWN, never guessed). ``expected`` is ``None`` for a raw DoAction: then
+    only NOT_DONE can be proved.
     """
     seen = (observed.state, observed.closed_amount)
     was = (before.state, before.closed_amount)

@@ -1,10 +1,10 @@
-"""The planner: snapshot + intent + now -> a :class:`Plan`, or a :class:`RuleViolation` (spec 8).
+"""The planner: snapshot + intent + now -> a :class:`Plan`, or a :class:`RuleViolation`.
 
-No I/O. The planner picks the recipe (R9, R13, R18) and then walks every step through the
-lifecycle table (:func:`._lifecycle.fire`), whose guards enforce the remaining rules, so the plan
-it returns states what the order must look like after each step (for the client to confirm,
-spec section 9). Refusals name the rule, say why in one sentence, and say when the action becomes
-possible where waiting helps.
+The planner of docs/ecpay-api.md section 8. No I/O. It picks the recipe (R9, R13, R18) and then
+walks every step through the lifecycle table (:func:`._lifecycle.fire`), whose guards enforce the
+remaining rules, so the plan it returns states what the order must look like after each step (for
+the client to confirm, docs/ecpay-api.md section 9). Refusals name the rule, say why in one
+sentence, and say when the action becomes possible where waiting helps.
 
 Order of checks: the caller's input (typed errors), then what the order's state makes permanently
 impossible, then the order's kind, then the time of day (R5) and the day count (R6, R7).

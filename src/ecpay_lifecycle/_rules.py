@@ -1,4 +1,6 @@
-"""The numbered rules of the spec (R5-R20) as small pure functions of their inputs and ``now``.
+"""The numbered rules (R5-R20) as small pure functions of their inputs and ``now``.
+
+The rules are the table of docs/ecpay-api.md section 7.
 
 No I/O and no hidden clock: every time-dependent rule takes ``now`` explicitly and computes in
 Asia/Taipei whatever the host's time zone is. The lifecycle machine's guards and the planner call

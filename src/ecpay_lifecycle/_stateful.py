@@ -138,7 +138,8 @@ def _position(snapshot: OrderSnapshot) -> str:
 
 class LifecycleMachine(RuleBasedStateMachine):
     """Random order lifecycles through :class:`~ecpay_lifecycle.Client` against the emulator,
-    checked at every step against the planner and the emulator's own books (spec 8, 10).
+    checked at every step against the planner and the emulator's own books (docs/ecpay-api.md
+    sections 8 and 10).
 
     Class attributes a subclass may change:
 
@@ -233,7 +234,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         *,
         capture_first: bool = False,
     ) -> Plan:
-        """What the planner makes of the emulator's truth at the emulator's time (spec 8).
+        """What the planner makes of the emulator's truth at the emulator's time.
+
+        The planner is docs/ecpay-api.md section 8.
 
         Raises exactly what the planner raises (:class:`RuleViolation`, :class:`InvalidAmount`,
         ...): the oracle a shop's rule compares its own service's answer with.
@@ -334,8 +337,8 @@ class LifecycleMachine(RuleBasedStateMachine):
     @rule(back=st.integers(0, 7))
     def retry_same_key(self, back: int) -> None:
         """Repeat a successful call (the last one, or ``back`` calls before it) with its
-        idempotency key: the recorded outcome comes back and nothing is sent (spec 9), however
-        the order changed since."""
+        idempotency key: the recorded outcome comes back and nothing is sent, however the order
+        changed since (docs/ecpay-api.md section 9)."""
         if not self._succeeded:
             return
         last = self._succeeded[max(0, len(self._succeeded) - 1 - back)]
@@ -449,7 +452,10 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     @invariant()
     def no_order_locked(self) -> None:
-        """Without faults no step's outcome is ever unknown (spec 9): nothing is locked."""
+        """Without faults no step's outcome is ever unknown: nothing is locked.
+
+        Unknown outcomes are docs/ecpay-api.md section 9.
+        """
         for order in self.order_numbers:
             for record in self.client.journal.for_order(self.merchant_id, order):
                 assert record.open_attempt is None, record
@@ -473,7 +479,10 @@ class LifecycleMachine(RuleBasedStateMachine):
     def _money(
         self, intent: Intent, order: str, amount: object = None, *, capture_first: bool = False
     ) -> None:
-        """Plan on the truth, act through the client, and check the two agree (spec 8, 9)."""
+        """Plan on the truth, act through the client, and check the two agree.
+
+        Planning and unknown outcomes are docs/ecpay-api.md sections 8 and 9.
+        """
         before = self.truth(order)
         expected: Plan | EcpayError
         try:

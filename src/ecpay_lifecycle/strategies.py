@@ -152,7 +152,8 @@ def refund_requests(
 ) -> st.SearchStrategy[object]:
     """Refund amounts for ``snapshot``: ``None`` ("everything") or an amount, valid or not.
 
-    Valid means the spec's table allows it for this state and kind (outside the R5 window):
+    Valid means the planner's table (docs/ecpay-api.md section 8) allows it for this state and kind
+    (outside the R5 window):
     ``None`` or the whole refundable amount whenever something is refundable, and any part of it
     for an ordinary (or UnionPay) order that is no longer only authorized (R9, R11, R12, R18).
     Invalid covers the rest: parts the kind or state forbids, more than is refundable (R10), more
