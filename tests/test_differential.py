@@ -158,7 +158,7 @@ def test_r18_both_refuse_a_part_of_an_authorized_order_unless_asked_for_c_then_r
     machine = _machine()
     order = _authorized(machine)
     machine._money(Intent.REFUND, order, 300)
-    assert machine.reached["refused", "R18", Refusal.WRONG_STATE.value] == 1
+    assert machine.reached["refused", "R18", Refusal.NOT_CAPTURED.value] == 1
     machine._money(Intent.REFUND, order, 300, capture_first=True)
     assert machine.reached["plan", "refund", "C,R"] == 1
     machine.teardown()

@@ -38,7 +38,7 @@ def test_do_action_reply_echoes_the_request() -> None:
     reply = Wire(emulator).do(Action.CLOSE, "A1", 1000)
     assert reply == {
         "RtnCode": 1,
-        "RtnMsg": "Success",
+        "RtnMsg": "Succeeded.",
         "PlatformID": "",
         "MerchantID": MID,
         "MerchantTradeNo": "A1",
@@ -211,11 +211,11 @@ def test_platform_merchant_acts_for_its_sub_merchant() -> None:
     assert ok(reply)
     assert reply["PlatformID"] == "PLAT1"
     assert reply["MerchantID"] == "SUB1"
-    # Not its sub-merchant, or no PlatformID: not found for this platform.
+    # Not its sub-merchant, or no PlatformID: the inner MerchantID does not match (5000261).
     foreign = {**inner, "MerchantID": "OTHER", "MerchantTradeNo": "B1", "TradeNo": other_no}
-    assert platform.call(Endpoint.DO_ACTION, foreign)["RtnCode"] == 10000185
+    assert platform.call(Endpoint.DO_ACTION, foreign)["RtnCode"] == 5000261
     no_platform = {**inner, "PlatformID": "", "Action": "E"}
-    assert platform.call(Endpoint.DO_ACTION, no_platform)["RtnCode"] == 10000185
+    assert platform.call(Endpoint.DO_ACTION, no_platform)["RtnCode"] == 5000261
     assert emulator.order("OTHER", "B1").status is GatewayStatus.AUTHORIZED
 
 

@@ -77,22 +77,23 @@ _AGREEMENT: Final[Mapping[str, frozenset[Refusal]]] = {
     "R5": frozenset({Refusal.BATCH_WINDOW}),
     # C after 21 days (for a refund with capture_first, the probe sends that C).
     "R6": frozenset({Refusal.OVER_DATE}),
-    # N after day 90: by then the emulator has abandoned the order itself.
-    "R7": frozenset({Refusal.WRONG_STATE}),
+    # N after day 90: by then the emulator has abandoned the order itself (error_nopay).
+    "R7": frozenset({Refusal.ALREADY_ABANDONED}),
     "R8": frozenset({Refusal.UNIONPAY}),
     "R9": frozenset({Refusal.WRONG_STATE}),
     # More than is left of a captured order; or an abandoned one, whose status takes no R.
     "R10": frozenset({Refusal.OVER_CAPTURED, Refusal.WRONG_STATE}),
     # A part of an instalment or bonus order: the planner names the kind first; the emulator
-    # refuses R on an authorized order for its state before looking at the kind.
-    "R11": frozenset({Refusal.INSTALLMENT_FULL_ONLY, Refusal.WRONG_STATE}),
-    "R12": frozenset({Refusal.BONUS_FULL_ONLY, Refusal.WRONG_STATE}),
-    "R14": frozenset({Refusal.WRONG_STATE}),
-    # A part of an authorized order: R does not apply before C; the library's path C then R is
-    # taken only when the caller asks (capture_first).
-    "R18": frozenset({Refusal.WRONG_STATE}),
+    # refuses R on an authorized order for its state (error_amount_R) before the kind.
+    "R11": frozenset({Refusal.INSTALLMENT_FULL_ONLY, Refusal.NOT_CAPTURED, Refusal.WRONG_STATE}),
+    "R12": frozenset({Refusal.BONUS_FULL_ONLY, Refusal.NOT_CAPTURED, Refusal.WRONG_STATE}),
+    # N on an order already abandoned (error_nopay), or on one N no longer applies to.
+    "R14": frozenset({Refusal.ALREADY_ABANDONED, Refusal.WRONG_STATE}),
+    # A part of an authorized order: R does not apply before C (error_amount_R); the library's
+    # path C then R is taken only when the caller asks (capture_first).
+    "R18": frozenset({Refusal.NOT_CAPTURED}),
     # More than the order: the planner checks the amount first, the emulator the status first.
-    "R19": frozenset({Refusal.BAD_AMOUNT, Refusal.WRONG_STATE}),
+    "R19": frozenset({Refusal.BAD_AMOUNT, Refusal.NOT_CAPTURED, Refusal.WRONG_STATE}),
 }
 
 #: How :meth:`LifecycleMachine.move_clock` moves time: by some seconds, to one of R5's edges

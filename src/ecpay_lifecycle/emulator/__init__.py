@@ -12,7 +12,14 @@ from ._emulator import Emulator
 from ._events import Event, EventKind, Landing
 from ._faults import Endpoint, Fault, FaultRule, Faults
 from ._serve import serving
-from ._settings import DEFAULT_REFUSALS, EmulatorSettings, Refusal, RefusalReply, ReplyFlavour
+from ._settings import (
+    DEFAULT_REFUSALS,
+    EmulatorSettings,
+    Refusal,
+    RefusalReply,
+    ReplyFlavour,
+    UrlEncoding,
+)
 from ._state import CloseRowView, OrderView
 
 __all__ = [
@@ -31,5 +38,6 @@ __all__ = [
     "Refusal",
     "RefusalReply",
     "ReplyFlavour",
+    "UrlEncoding",
     "serving",
 ]

@@ -504,15 +504,40 @@ class Emulator:
             trans_code=code,
             note=f"bad envelope: {message}",
         )
-        return _Reply(200, _dumps(self._outer(merchant_id, code, trans_msg or message, "")))
+        body = _dumps(self._outer(merchant_id, code, trans_msg or message, ""))
+        return _Reply(self.settings.envelope_error_http_status, body)
 
     def _outer(self, merchant_id: str, code: int, message: str, data: str) -> dict[str, Any]:
+        """The reply envelope (spec section 2), with the ID and TransCode types the settings
+        ask for (``numeric_merchant_ids``, ``string_trans_code``)."""
         return {
-            "MerchantID": merchant_id,
+            "MerchantID": self._id(merchant_id),
             "RpHeader": {"Timestamp": int(self._ledger.now.timestamp())},
-            "TransCode": code,
+            "TransCode": str(code) if self.settings.string_trans_code else code,
             "TransMsg": message,
             "Data": data,
+        }
+
+    def _id(self, value: object) -> object:
+        """A MerchantID or PlatformID as a JSON number when ``numeric_merchant_ids`` is on and
+        the number spells it exactly (no leading zero); otherwise as it is."""
+        if (
+            self.settings.numeric_merchant_ids
+            and isinstance(value, str)
+            and value.isascii()
+            and value.isdigit()
+            and str(int(value)) == value
+        ):
+            return int(value)
+        return value
+
+    def _shape_ids(self, inner: dict[str, Any]) -> dict[str, Any]:
+        """The inner reply with its MerchantID and PlatformID typed as the settings ask."""
+        if not self.settings.numeric_merchant_ids:
+            return inner
+        return {
+            key: self._id(value) if key in ("MerchantID", "PlatformID") else value
+            for key, value in inner.items()
         }
 
     def _process(self, got: _Received) -> _Reply:
@@ -592,10 +617,11 @@ class Emulator:
         outer_id = merchant.merchant_id
         if rule is not None and rule.fault is Fault.MISMATCHED_REPLY:
             inner, outer_id = _mismatch(inner, outer_id)
-        data = merchant.codec.encrypt(inner)
+        data = merchant.replies.encrypt(self._shape_ids(inner), self.settings.reply_url_encoding)
         if rule is not None and rule.fault is Fault.GARBLED_DATA:
             data = garble(merchant.codec, data)
         body = _dumps(self._outer(outer_id, 1, "Success", data))
+        status = 200 if outcome.refusal is None else self.settings.refusal_http_status
         fault = rule.fault if rule else None
         if fault is Fault.TIMEOUT_AFTER_APPLY:
             assert rule is not None
@@ -607,7 +633,7 @@ class Emulator:
         if fault is Fault.SERVER_ERROR_AFTER_APPLY:
             assert rule is not None
             return _status_reply(rule.status_code)
-        return _Reply(200, body)
+        return _Reply(status, body)
 
     def _before_apply_reply(self, rule: FaultRule, merchant_id: str) -> _Reply:
         fault = rule.fault
@@ -624,7 +650,8 @@ class Emulator:
         if fault is Fault.SERVER_ERROR_BEFORE_APPLY:
             return _status_reply(rule.status_code)
         code = self.settings.bad_envelope_trans_code if rule.trans_code is None else rule.trans_code
-        return _Reply(200, _dumps(self._outer(merchant_id, code, "TransCode error (fault)", "")))
+        body = _dumps(self._outer(merchant_id, code, "TransCode error (fault)", ""))
+        return _Reply(self.settings.envelope_error_http_status, body)
 
     def _dispatch(self, got: _Received) -> _Outcome:
         if got.endpoint is Endpoint.DO_ACTION:
@@ -639,25 +666,30 @@ class Emulator:
         return _Outcome(reply, refusal=reason, **extra)
 
     def _lookup(self, got: _Received, *, need_trade_no: bool) -> _Order | Refusal:
-        """The order the inner data names, if this envelope's merchant may see it (spec 3)."""
+        """The order the inner data names, if this envelope's merchant may see it (spec 3).
+
+        The inner MerchantID is checked first, as ECPay does on all three endpoints [OBS]:
+        missing (5000220), then not the envelope's nor one of its platform's merchants
+        (5000261); then the numbers (R19); then the order (10000185).
+        """
         inner = got.inner
         merchant_id = inner.get("MerchantID")
         number = inner.get("MerchantTradeNo")
         trade_no = inner.get("TradeNo")
-        if not isinstance(merchant_id, str) or not merchant_id:
-            return Refusal.BAD_PARAMETER
-        if not _is_number(number):
-            return Refusal.BAD_PARAMETER
-        if (need_trade_no or trade_no not in (None, "")) and not _is_number(trade_no):
+        if merchant_id is None or merchant_id == "":
+            return Refusal.MERCHANT_ID_MISSING
+        if not isinstance(merchant_id, str):
             return Refusal.BAD_PARAMETER
         outer = got.merchant.merchant_id
         owner = self._ledger.merchants.get(merchant_id)
         platform = inner.get("PlatformID")
-        if owner is None:
-            return Refusal.ORDER_NOT_FOUND
-        allowed = merchant_id == outer or (platform == outer and owner.platform_id == outer)
-        if not allowed:
-            return Refusal.ORDER_NOT_FOUND
+        on_behalf = platform == outer and owner is not None and owner.platform_id == outer
+        if merchant_id != outer and not on_behalf:
+            return Refusal.MERCHANT_ID_MISMATCH
+        if not _is_number(number):
+            return Refusal.BAD_PARAMETER
+        if (need_trade_no or trade_no not in (None, "")) and not _is_number(trade_no):
+            return Refusal.BAD_PARAMETER
         assert isinstance(number, str)
         order = self._ledger.find(merchant_id, number)
         if order is None or trade_no not in (None, "", order.trade_no):
@@ -676,7 +708,7 @@ class Emulator:
         number = echoes["MerchantTradeNo"] or None
         found = self._lookup(got, need_trade_no=True)
         amount = inner.get("TotalAmount")
-        if isinstance(found, Refusal) and found is Refusal.BAD_PARAMETER:
+        if isinstance(found, Refusal) and found is not Refusal.ORDER_NOT_FOUND:
             return self._refuse(found, echoes, merchant_trade_no=number)
         if got.action is None or "TotalAmount" not in inner:
             return self._refuse(Refusal.BAD_PARAMETER, echoes, merchant_trade_no=number)
@@ -709,7 +741,14 @@ class Emulator:
         if isinstance(found, Refusal):
             return self._refuse(found, merchant_echo)
         view = self._ledger.view(found)
-        reply = query_trade_reply(view, echo(got.inner.get("PlatformID")))
+        settings = self.settings
+        reply = query_trade_reply(
+            view,
+            echo(got.inner.get("PlatformID")),
+            message=settings.cashier_success_message,
+            keys_by_kind=settings.cashier_keys_by_kind,
+            one_time_card_info=settings.cashier_one_time_card_info,
+        )
         return _Outcome(reply, merchant_trade_no=view.merchant_trade_no)
 
 
@@ -760,6 +799,8 @@ def _trans_code_of(reply: _Reply) -> int | None:
     if reply.content_type != _JSON:
         return None
     code = json.loads(reply.body).get("TransCode")
+    if isinstance(code, str) and code.isdigit():  # ``string_trans_code``
+        return int(code)
     return code if isinstance(code, int) else None
 
 

@@ -27,7 +27,7 @@ from ecpay_lifecycle._exceptions import ConfigurationError, EcpayError, InvalidA
 from ecpay_lifecycle._models import Action, GatewayStatus, PaymentKind
 
 from ._emulator import Emulator
-from ._settings import EmulatorSettings, Refusal, RefusalReply, ReplyFlavour
+from ._settings import EmulatorSettings, Refusal, RefusalReply, ReplyFlavour, UrlEncoding
 from ._wire import parse_aware_iso
 
 __all__ = ["add_arguments", "build_emulator", "run", "serving"]
@@ -274,6 +274,8 @@ def _setting(key: str, value: Any) -> Any:
         return dt.time.fromisoformat(value)
     if key == "credit_detail_flavour":
         return ReplyFlavour(value)
+    if key == "reply_url_encoding":
+        return UrlEncoding(value)
     if key == "unionpay_start_status":
         return GatewayStatus.parse(value)
     if key == "full_amount_actions":

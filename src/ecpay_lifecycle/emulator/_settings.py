@@ -25,6 +25,7 @@ __all__ = [
     "Refusal",
     "RefusalReply",
     "ReplyFlavour",
+    "UrlEncoding",
 ]
 
 
@@ -35,6 +36,11 @@ class Refusal(enum.StrEnum):
     RtnCode and RtnMsg the emulator answers with.
     """
 
+    #: The inner ``MerchantID`` is missing or empty (spec section 1: ECPay answers ``5000220``).
+    MERCHANT_ID_MISSING = "merchant_id_missing"
+    #: The inner ``MerchantID`` is not the envelope's (nor, with ``PlatformID``, one of that
+    #: platform's merchants) (spec section 1: ECPay answers ``5000261``).
+    MERCHANT_ID_MISMATCH = "merchant_id_mismatch"
     #: A required field is missing or malformed (not a string, Action not C/R/E/N) (R19).
     BAD_PARAMETER = "bad_parameter"
     #: ``TotalAmount`` is not a positive whole number, or is above the order amount (R19).
@@ -47,8 +53,14 @@ class Refusal(enum.StrEnum):
     OVER_DATE = "over_date"
     #: C, E or N on a UnionPay order (R8).
     UNIONPAY = "unionpay"
-    #: The action does not apply to the order's status (R9, R18: e.g. R on an Authorized order).
+    #: The action does not apply to the order's status (R9: e.g. N on a pending capture).
     WRONG_STATE = "wrong_state"
+    #: R on an order with nothing captured, Authorized or Operation canceled (R18): like a full
+    #: R during a pending capture, ECPay answers ``error_amount_R`` [OBS].
+    NOT_CAPTURED = "not_captured"
+    #: N on an order already abandoned (Canceled, by N or after day 90): ECPay answers
+    #: ``error_nopay`` [OBS] (R14).
+    ALREADY_ABANDONED = "already_abandoned"
     #: R for more than is still captured (R10).
     OVER_CAPTURED = "over_captured"
     #: A partial R on an instalment order (R11).
@@ -57,7 +69,8 @@ class Refusal(enum.StrEnum):
     BONUS_FULL_ONLY = "bonus_full_only"
     #: R for everything during a pending capture: that is E then N (R13).
     FULL_REFUND_PENDING_CAPTURE = "full_refund_pending_capture"
-    #: C, E or N whose ``TotalAmount`` is not the order amount (R14 and [HOUSE]).
+    #: An action of :attr:`EmulatorSettings.full_amount_actions` (C and E by default; N too when
+    #: strict, R14) whose ``TotalAmount`` is not the order amount ([HOUSE]).
     AMOUNT_NOT_ORDER_AMOUNT = "amount_not_order_amount"
     #: R after settlement larger than the merchant's ECPay balance (R16).
     INSUFFICIENT_BALANCE = "insufficient_balance"
@@ -80,12 +93,22 @@ class RefusalReply:
             raise InvalidArgument("rtn_code 1 means success; a refusal needs another code")
 
 
-#: [HOUSE] The default refusal replies. ECPay documents only ``10000185`` (spec section 4) and
-#: the ``error_amount_R`` / ``error_overDate`` tokens (spec sections 3 and R6); the other codes
-#: are placeholders in one range and the messages follow the ``更新失敗.(error_xxx)`` shape that
-#: ECPay was observed to use. A client may rely only on ``RtnCode != 1``.
+#: The default refusal replies. Where ECPay was seen to answer a situation [OBS] the reply is
+#: ECPay's: ``10000185`` for an unknown order, ``5000220`` / ``5000261`` for a missing or
+#: mismatched inner MerchantID, ``10000002 更新失敗.(error_amount_R)`` for R on an order whose
+#: capture has not settled (nothing captured, or all of a pending capture), ``10100027`` for a
+#: refund the balance cannot cover, the token ``error_nopay`` for N on an abandoned order. The
+#: rest are [HOUSE]: invented codes in one range (``103000xx``) with messages in ECPay's
+#: ``更新失敗.(error_xxx)`` shape; ``docs/emulator.md`` lists which is which. A client may rely
+#: only on ``RtnCode != 1``.
 DEFAULT_REFUSALS: Mapping[Refusal, RefusalReply] = types.MappingProxyType(
     {
+        Refusal.MERCHANT_ID_MISSING: RefusalReply(
+            5000220, "The parameter [MerchantID] is required."
+        ),
+        Refusal.MERCHANT_ID_MISMATCH: RefusalReply(
+            5000261, "The parameter [MerchantID] does not match."
+        ),
         Refusal.BAD_PARAMETER: RefusalReply(10300001, "參數錯誤.(error_parameter)"),
         Refusal.BAD_AMOUNT: RefusalReply(10300002, "更新失敗.(error_amount)"),
         Refusal.ORDER_NOT_FOUND: RefusalReply(10000185, "Cant not find the trade data"),
@@ -93,12 +116,14 @@ DEFAULT_REFUSALS: Mapping[Refusal, RefusalReply] = types.MappingProxyType(
         Refusal.OVER_DATE: RefusalReply(10300004, "更新失敗.(error_overDate)"),
         Refusal.UNIONPAY: RefusalReply(10300005, "銀聯卡交易不支援此操作.(error_unionpay)"),
         Refusal.WRONG_STATE: RefusalReply(10300006, "更新失敗.(error_status)"),
+        Refusal.NOT_CAPTURED: RefusalReply(10000002, "更新失敗.(error_amount_R)"),
+        Refusal.ALREADY_ABANDONED: RefusalReply(10000002, "更新失敗.(error_nopay)"),
         Refusal.OVER_CAPTURED: RefusalReply(10300007, "更新失敗.(error_amount_over)"),
         Refusal.INSTALLMENT_FULL_ONLY: RefusalReply(10300008, "分期交易須全額退刷.(error_stage)"),
         Refusal.BONUS_FULL_ONLY: RefusalReply(10300009, "紅利折抵交易須全額退刷.(error_redeem)"),
-        Refusal.FULL_REFUND_PENDING_CAPTURE: RefusalReply(10300010, "更新失敗.(error_amount_R)"),
+        Refusal.FULL_REFUND_PENDING_CAPTURE: RefusalReply(10000002, "更新失敗.(error_amount_R)"),
         Refusal.AMOUNT_NOT_ORDER_AMOUNT: RefusalReply(10300011, "更新失敗.(error_amount)"),
-        Refusal.INSUFFICIENT_BALANCE: RefusalReply(10300012, "帳戶餘額不足.(error_balance)"),
+        Refusal.INSUFFICIENT_BALANCE: RefusalReply(10100027, "帳戶餘額不足.(error_balance)"),
         Refusal.REFUND_PENDING: RefusalReply(10300013, "更新失敗.(error_refund_pending)"),
     }
 )
@@ -112,6 +137,20 @@ class ReplyFlavour(enum.StrEnum):
     #: The older form API: lower-case keys, Chinese statuses, string numbers, ``close_data``
     #: with ``sno`` inside ``RtnValue``, times like ``2016/5/12 下午 07:09:17``.
     AIO = "aio"
+
+
+class UrlEncoding(enum.StrEnum):
+    """How the emulator URL-encodes reply data before encrypting it (spec section 2.1, R1).
+
+    Either decodes with the library's codec (and any decoder that follows R1).
+    """
+
+    #: .NET's ``HttpUtility.UrlEncode``: lower-case hex, ``!*()`` left as they are, space as
+    #: ``+``. What ECPay's servers send [OBS].
+    DOTNET = "dotnet"
+    #: PHP's ``urlencode``: upper-case hex, everything but ``A-Z a-z 0-9 - _ .`` escaped. What
+    #: ECPay's documented examples (and the library's requests) use [DOC].
+    PHP = "php"
 
 
 def _refusals(value: Mapping[Refusal, RefusalReply | tuple[int, str]]) -> Mapping[Refusal, Any]:
@@ -176,6 +215,13 @@ def _int(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
         raise InvalidArgumentType(f"{attribute.name} must be an int, not {type(value).__name__}")
 
 
+def _http_status(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    _int(inst, attribute, value)
+    assert isinstance(value, int)
+    if value != 200 and not 500 <= value <= 599:
+        raise InvalidArgument(f"{attribute.name} must be 200 or a 5xx status, got {value}")
+
+
 @attrs.frozen(kw_only=True)
 class EmulatorSettings:
     """How the emulator behaves where ECPay is silent ([HOUSE]) or where tests want to move a rule.
@@ -184,15 +230,39 @@ class EmulatorSettings:
     passing it to the constructor. Instances are immutable and safe to share.
 
     Attributes:
-        refusals: [HOUSE] ``Refusal -> RefusalReply``: the RtnCode and RtnMsg answered for each
-            refused action. A partial mapping is laid over :data:`DEFAULT_REFUSALS`.
+        refusals: ``Refusal -> RefusalReply``: the RtnCode and RtnMsg answered for each refused
+            action. A partial mapping is laid over :data:`DEFAULT_REFUSALS`, whose replies are
+            ECPay's where ECPay was seen [OBS] and invented otherwise [HOUSE].
         bad_envelope_trans_code: [HOUSE] the ``TransCode`` of a reply to a bad envelope whose
             code ECPay was not seen to answer (not JSON, missing fields, unknown MerchantID,
             PlatformID mismatch). ECPay documents only that it is not 1. Default 999. A
             ``Data`` that does not decrypt always answers 110 and a Timestamp outside
             ``timestamp_tolerance`` 104, as ECPay does [OBS].
-        success_message: [HOUSE] ``RtnMsg`` of a successful DoAction ("Success"); ECPay spells
-            success several ways, so a client must not read it (spec section 2).
+        envelope_error_http_status: the HTTP status of a reply whose TransCode is not 1 (a bad
+            envelope, ``Fault.TRANS_CODE_ERROR``). 200 (default) as ECPay documents and as its
+            stage host answers; 500 as some ECPay hosts answer [OBS] (spec section 2).
+        refusal_http_status: the HTTP status of a reply with TransCode 1 and ``RtnCode != 1``
+            (a refused request). 200 (default), or 500 as some ECPay hosts answer [OBS].
+        success_message: DoAction's ``RtnMsg`` on success. Default ``"Succeeded."``, as ECPay
+            answered an accepted N [OBS] (its page shows ``"Success"``); a client must not read
+            it (spec section 2).
+        cashier_success_message: Cashier/QueryTrade's ``RtnMsg`` on success: ``"Success!"`` as
+            recorded [OBS]. CreditDetail's is always ``""`` (spec section 4).
+        reply_url_encoding: how reply data is URL-encoded before encryption (R1): ECPay's
+            servers use .NET's lower-case hex (``UrlEncoding.DOTNET``, default) [OBS]; the
+            documented examples PHP's upper-case (``UrlEncoding.PHP``).
+        numeric_merchant_ids: answer ``MerchantID`` (outer and inner) and a non-empty
+            ``PlatformID`` as JSON numbers, as some ECPay replies do [OBS]. Default False:
+            strings, as documented.
+        string_trans_code: answer ``TransCode`` as a string (``"1"``), as some ECPay replies do
+            [OBS]. Default False: an int, as documented.
+        cashier_keys_by_kind: Cashier/QueryTrade's ``CardInfo`` carries only the keys that
+            apply, as ECPay's records do [OBS] (spec section 5): instalments ``Stage``/``Stast``
+            /``Staed``, bonus points the ``Red*`` keys, others neither. Default False (every
+            key, zero where unused) until the library's Cashier parser tolerates absent keys.
+        cashier_one_time_card_info: whether a one-time order's Cashier/QueryTrade record has a
+            ``CardInfo`` at all; ECPay's recorded one has none [OBS]. Default True for the same
+            reason as ``cashier_keys_by_kind``.
         stack_pending_refunds: [HOUSE] whether a second R is accepted while an earlier one waits
             for the batch; they add up. Off: the second R is refused with
             :attr:`Refusal.REFUND_PENDING`. Default True.
@@ -205,9 +275,11 @@ class EmulatorSettings:
             authorization. Default 80 days.
         abandon_after: R7: with auto-close off, an order still Authorized after this long is
             abandoned (Canceled, nothing captured). Default 90 days.
-        full_amount_actions: [HOUSE] the actions whose ``TotalAmount`` must equal the order amount
-            (R14 for N; ECPay is silent for C and E). Default C, E and N. An action left out
-            accepts any amount up to the order amount; C then closes that amount.
+        full_amount_actions: the actions whose ``TotalAmount`` must equal the order amount.
+            [HOUSE] for C and E, where ECPay is silent. Default C and E: N accepts any amount up
+            to the order amount and abandons the whole authorization, as ECPay does [OBS] (R14);
+            add N for the strict refusal. An action left out accepts any amount up to the order
+            amount; C then closes that amount.
         unionpay_start_status: R8 [HOUSE]: the status a UnionPay order has at authorization.
             ``CAPTURED`` (default): closed and settled at once, with one Captured close row.
             ``TO_BE_CAPTURED``: closed at once but settled by the next batch; the library's
@@ -239,9 +311,21 @@ class EmulatorSettings:
         factory=dict, converter=_refusals, repr=False, hash=False
     )
     bad_envelope_trans_code: int = attrs.field(default=999, validator=_int)
+    envelope_error_http_status: int = attrs.field(default=200, validator=_http_status)
+    refusal_http_status: int = attrs.field(default=200, validator=_http_status)
     success_message: str = attrs.field(
-        default="Success", validator=attrs.validators.instance_of(str)
+        default="Succeeded.", validator=attrs.validators.instance_of(str)
     )
+    cashier_success_message: str = attrs.field(
+        default="Success!", validator=attrs.validators.instance_of(str)
+    )
+    reply_url_encoding: UrlEncoding = attrs.field(
+        default=UrlEncoding.DOTNET, validator=attrs.validators.instance_of(UrlEncoding)
+    )
+    numeric_merchant_ids: bool = attrs.field(default=False, validator=_bool)
+    string_trans_code: bool = attrs.field(default=False, validator=_bool)
+    cashier_keys_by_kind: bool = attrs.field(default=False, validator=_bool)
+    cashier_one_time_card_info: bool = attrs.field(default=True, validator=_bool)
     stack_pending_refunds: bool = attrs.field(default=True, validator=_bool)
     refund_lowers_closed_amount_at_once: bool = attrs.field(default=True, validator=_bool)
     close_limit: dt.timedelta = attrs.field(
@@ -254,7 +338,7 @@ class EmulatorSettings:
         default=dt.timedelta(days=90), validator=_positive_delta
     )
     full_amount_actions: frozenset[Action] = attrs.field(
-        default=frozenset({Action.CLOSE, Action.CANCEL, Action.ABANDON}), converter=_actions
+        default=frozenset({Action.CLOSE, Action.CANCEL}), converter=_actions
     )
     unionpay_start_status: GatewayStatus = attrs.field(
         default=GatewayStatus.CAPTURED, validator=_unionpay_start

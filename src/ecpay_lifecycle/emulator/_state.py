@@ -31,6 +31,7 @@ from ecpay_lifecycle._models import (
 )
 
 from ._events import EventKind
+from ._reply_codec import ReplyCodec
 from ._settings import EmulatorSettings, Refusal
 
 __all__ = ["HISTORY", "TAIPEI", "CloseRowView", "Ledger", "OrderView"]
@@ -107,6 +108,8 @@ class _Refund:
 class _Merchant:
     merchant_id: str
     codec: AesCodec = attrs.field(repr=False)
+    #: Encrypts replies with ECPay's servers' URL-encoding (R1); the codec reads requests.
+    replies: ReplyCodec = attrs.field(repr=False)
     auto_close: bool
     balance: int
     platform_id: str | None
@@ -177,6 +180,7 @@ class Ledger:
         self.merchants[mid] = _Merchant(
             merchant_id=mid,
             codec=codec,
+            replies=ReplyCodec(_key_bytes(hash_key), _key_bytes(hash_iv)),
             auto_close=auto_close,
             balance=money,
             platform_id=platform,
@@ -570,6 +574,8 @@ class Ledger:
         return self._full_amount(Action.CLOSE, order, amount)
 
     def _check_refund(self, order: _Order, amount: int) -> Refusal | None:
+        if order.status in _HOLDING:
+            return Refusal.NOT_CAPTURED  # R18: nothing is captured yet
         if order.status not in (GatewayStatus.TO_BE_CAPTURED, GatewayStatus.CAPTURED):
             return Refusal.WRONG_STATE
         if amount > order.amount:
@@ -602,6 +608,8 @@ class Ledger:
     def _check_abandon(self, order: _Order, amount: int) -> Refusal | None:
         if order.kind is PaymentKind.UNIONPAY:
             return Refusal.UNIONPAY
+        if order.status is GatewayStatus.CANCELED:
+            return Refusal.ALREADY_ABANDONED
         if order.status not in _HOLDING:
             return Refusal.WRONG_STATE
         if amount > order.amount:
@@ -609,7 +617,9 @@ class Ledger:
         return self._full_amount(Action.ABANDON, order, amount)
 
     def _full_amount(self, action: Action, order: _Order, amount: int) -> Refusal | None:
-        """R14 and [HOUSE]: C, E and N carry the order amount (see ``full_amount_actions``)."""
+        """[HOUSE]: C and E carry the order amount, and N too when strict (R14; see
+        ``full_amount_actions``). Otherwise N abandons the whole authorization whatever its
+        amount, as ECPay does [OBS]."""
         if action in self.settings.full_amount_actions and amount != order.amount:
             return Refusal.AMOUNT_NOT_ORDER_AMOUNT
         return None
@@ -656,6 +666,14 @@ def _bind(fn: Callable[..., None], *args: Any) -> Callable[[], None]:
         fn(*args)
 
     return call
+
+
+def _key_bytes(value: object) -> bytes:
+    """A HashKey or HashIV that :class:`AesCodec` has accepted, as its 16 bytes (R1)."""
+    if isinstance(value, str):
+        return value.encode("ascii")
+    assert isinstance(value, bytes | bytearray)  # AesCodec refused anything else
+    return bytes(value)
 
 
 def _merchant_id(value: object, field: str) -> str:

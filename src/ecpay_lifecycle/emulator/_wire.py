@@ -43,6 +43,9 @@ DECRYPT_FAIL = (110, "The parameter [Data] decrypt fail.")
 #: ECPay's ``(TransCode, TransMsg)`` for a Timestamp outside the 10 minutes (R20), as observed.
 STALE_TIMESTAMP = (104, "Timestamp is over 10 minutes")
 
+#: How many instalments an emulated instalment order has (``Credit_CreditCard3``).
+_STAGES = 3
+
 #: Beyond this many seconds a Timestamp cannot be within any tolerance and is not compared as a
 #: float (a huge JSON integer would overflow the conversion).
 _TIMESTAMP_SANITY = 10**12
@@ -167,43 +170,67 @@ def credit_detail_reply(view: OrderView, flavour: ReplyFlavour) -> dict[str, Any
     }
 
 
-def query_trade_reply(view: OrderView, platform_id: str) -> dict[str, Any]:
+def query_trade_reply(
+    view: OrderView,
+    platform_id: str,
+    *,
+    message: str,
+    keys_by_kind: bool,
+    one_time_card_info: bool,
+) -> dict[str, Any]:
     """Cashier/QueryTrade's inner reply (spec section 5): the order and how it was paid.
 
-    Instalments show ``CardInfo.Stage`` 3, bonus points ``RedDan``/``RedDeAmt`` > 0, UnionPay
-    ``PaymentType`` "UnionPay"; ``OrderInfo.RefundAmount`` is the total refunded so far.
+    Instalments show ``PaymentType`` ``Credit_CreditCard3`` and ``CardInfo.Stage`` 3 with the
+    first (``Stast``) and each later (``Staed``) instalment, bonus points ``RedDan`` /
+    ``RedDeAmt`` > 0, UnionPay ``PaymentType`` "UnionPay"; ``OrderInfo.RefundAmount`` is the total
+    refunded so far. ``keys_by_kind`` leaves out the ``CardInfo`` keys that do not apply, as
+    ECPay's records do [OBS]; without ``one_time_card_info`` a one-time order has no
+    ``CardInfo`` at all, as ECPay's recorded one-time record [OBS].
     """
-    stage = 3 if view.kind is PaymentKind.INSTALLMENT else 0
-    redeemed = max(1, view.amount // 10) if view.kind is PaymentKind.BONUS else 0
-    return {
+    kind = view.kind
+    if kind is PaymentKind.INSTALLMENT:
+        payment_type = f"Credit_CreditCard{_STAGES}"
+    elif kind is PaymentKind.UNIONPAY:
+        payment_type = "UnionPay"
+    else:
+        payment_type = "Credit"
+    reply: dict[str, Any] = {
         "RtnCode": 1,
-        "RtnMsg": "Success",
+        "RtnMsg": message,
         "PlatformID": platform_id,
         "MerchantID": view.merchant_id,
+        "CustomField": "",
         "OrderInfo": {
             "MerchantTradeNo": view.merchant_trade_no,
             "TradeNo": view.trade_no,
             "TradeAmt": view.amount,
             "TradeDate": json_time(view.authorized_at),
-            "PaymentType": "UnionPay" if view.kind is PaymentKind.UNIONPAY else "Credit",
+            "PaymentDate": json_time(view.authorized_at),
+            "PaymentType": payment_type,
             "TradeStatus": "1",
             "RefundAmount": view.refunded_total,
         },
-        "CardInfo": {
-            "AuthCode": "777777",
-            "Gwsr": view.trade_id,
-            "ProcessDate": json_time(view.authorized_at),
-            "Amount": view.amount,
-            "Stage": stage,
-            "Stast": 0,
-            "Staed": 0,
-            "RedDan": redeemed * 10,
-            "RedDeAmt": redeemed,
-            "RedOkAmt": view.amount - redeemed,
-            "Card6No": "431195",
-            "Card4No": "2222",
-        },
     }
+    if kind is PaymentKind.ONE_TIME and not one_time_card_info:
+        return reply
+    card: dict[str, Any] = {
+        "AuthCode": "777777",
+        "Gwsr": view.trade_id,
+        "ProcessDate": json_time(view.authorized_at),
+        "Amount": view.amount,
+        "Card6No": "431195",
+        "Card4No": "2222",
+    }
+    if kind is PaymentKind.INSTALLMENT or not keys_by_kind:
+        stages = _STAGES if kind is PaymentKind.INSTALLMENT else 0
+        each = view.amount // _STAGES if stages else 0
+        card |= {"Stage": stages, "Stast": view.amount - each * (stages - 1) if stages else 0}
+        card["Staed"] = each
+    if kind is PaymentKind.BONUS or not keys_by_kind:
+        redeemed = max(1, view.amount // 10) if kind is PaymentKind.BONUS else 0
+        card |= {"RedDan": redeemed * 10, "RedDeAmt": redeemed, "RedOkAmt": view.amount - redeemed}
+    reply["CardInfo"] = card
+    return reply
 
 
 def garble(codec: AesCodec, data: str) -> str:
