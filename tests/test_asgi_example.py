@@ -34,8 +34,11 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
-def shop(postgres_dsn: str) -> Iterator[tuple[Emulator, str]]:  # noqa: F811
+@pytest.fixture(params=["app", "async_app"])
+def shop(
+    request: pytest.FixtureRequest,
+    postgres_dsn: str,  # noqa: F811
+) -> Iterator[tuple[Emulator, str, str]]:
     import psycopg
 
     # The workers use the system clock; with the merchant's auto-close off (ECPAY_AUTO_CLOSE=0)
@@ -60,7 +63,7 @@ def shop(postgres_dsn: str) -> Iterator[tuple[Emulator, str]]:  # noqa: F811
         }
         server = subprocess.Popen(  # the example as a shop runs it
             [
-                sys.executable, "-m", "uvicorn", "asgi_service:app",
+                sys.executable, "-m", "uvicorn", f"asgi_service:{request.param}",
                 "--app-dir", str(EXAMPLES), "--workers", "4",
                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
             ],
@@ -76,16 +79,16 @@ def shop(postgres_dsn: str) -> Iterator[tuple[Emulator, str]]:  # noqa: F811
                 except httpx.HTTPError:
                     assert time.monotonic() < deadline, "uvicorn did not start"
                     time.sleep(0.2)
-            yield emulator, url
+            yield emulator, url, request.param
         finally:
             server.terminate()
             server.wait(timeout=30)
 
 
 def test_duplicate_requests_across_four_workers_refund_once(
-    shop: tuple[Emulator, str],
+    shop: tuple[Emulator, str, str],
 ) -> None:
-    emulator, url = shop
+    emulator, url, app = shop
     orders = [f"W{n}" for n in range(ORDERS)]
     with Client(
         Credentials(MID, KEY, IV, auto_close=False),
@@ -116,7 +119,7 @@ def test_duplicate_requests_across_four_workers_refund_once(
         refunds = [e for e in emulator.applied_do_actions(MID, order) if e.action is Action.REFUND]
         assert [e.amount for e in refunds] == [300], order
     print(  # the figures the closing note quotes
-        f"\nuvicorn --workers 4 on PostgresJournal: {ORDERS} orders x {DUPLICATES} duplicate "
+        f"\nuvicorn asgi_service:{app} --workers 4: {ORDERS} orders x {DUPLICATES} duplicate "
         f"requests at once: answers {sorted(set(statuses))} "
         f"({statuses.count(200)} x 200, {statuses.count(202)} x 202), one refund per order"
     )

@@ -5,8 +5,8 @@ the reply, what a lost reply means, who owns an operation, what to record) lives
 :class:`~._engine.Engine` as *flows*. :class:`Client` runs a flow with ``httpx.Client`` and
 holds the journal's order lock with :meth:`OrderLocks.hold`; :class:`AsyncClient` with
 ``httpx.AsyncClient`` and :meth:`OrderLocks.ahold`. Nothing else differs. The safety protocol
-(spec section 9: R21 the accepted reply is proof, R22 the fence, R23 one owner per operation) is
-described in ``_engine.py`` and ``docs/client.md``.
+(docs/ecpay-api.md section 9: R21 the accepted reply is proof, R22 the fence, R23 one owner per
+operation) is described in ``_engine.py`` and ``docs/client.md``.
 """
 
 from __future__ import annotations
@@ -362,11 +362,12 @@ class Client(_Shell):
     def sweep(
         self, *, limit: int = 100, progress: Callable[[int, int, str], object] | None = None
     ) -> SweepReport:
-        """Resolve the journal's stuck operations for this merchant (spec 9): each order with
-        an open attempt or a lapsed owner, under its lock, by R22 (as :meth:`reconcile`); never
-        sends a DoAction. Orders a live owner runs are skipped; unknown ones back off. Stops at
-        ECPay's HTTP 403. Safe to run on every worker at once. ``progress(position, total,
-        order)`` is called before each order is swept (the CLI draws it on a terminal)."""
+        """Resolve the journal's stuck operations for this merchant (docs/ecpay-api.md section 9):
+        each order with an open attempt or a lapsed owner, under its lock, by R22 (as
+        :meth:`reconcile`); never sends a DoAction. Orders a live owner runs are skipped; unknown
+        ones back off. Stops at ECPay's HTTP 403. Safe to run on every worker at once.
+        ``progress(position, total, order)`` is called before each order is swept (the CLI draws it
+        on a terminal)."""
         engine = self._engine
         sweep = self._drive(engine.start_sweep(limit))
         for position, order in enumerate(sweep.due, 1):

@@ -1,4 +1,4 @@
-"""The spec-9 engine: claim, plan, attempt and resolve money movements without moving money twice.
+"""The engine: claim, plan, attempt and resolve money movements without moving money twice.
 
 No I/O of its own (style habit 3). Every decision both clients share lives here as *flows*:
 generators that yield *effects*, a :class:`~._protocol.WireRequest` (sent back the reply's
@@ -8,7 +8,7 @@ configuration, carry out the effects (awaiting an asynchronous journal's calls) 
 journal's order lock around the flows. A cancellation or interrupt is thrown in too, so a flow
 still records what it must on the way out.
 
-A money-moving call meets, in order (spec section 9):
+A money-moving call meets, in order (docs/ecpay-api.md section 9):
 
 1. Its idempotency identity (key and canonical request) is fixed before anything is sent.
 2. R23, one owner per operation: :meth:`Engine.open` claims the key in the journal. A recorded
@@ -17,7 +17,8 @@ A money-moving call meets, in order (spec section 9):
 3. Under the order's lock (the journal's :class:`~._locks.OrderLocks`): the operation's own open
    attempt is resolved first by R22; another operation's open attempt refuses with
    :class:`OrderLocked`.
-4. Query first (R4), plan (spec 8), then per step: record ``SENDING`` (with its fence), send.
+4. Query first (R4), plan (docs/ecpay-api.md section 8), then per step: record ``SENDING`` (with
+   its fence), send.
    R21: an intact accepted reply is proof; the step is done and no query overrules it. A step
    after it is planned from a fresh query.
 5. R22: a lost or doubtful reply is settled by a query: reached -> done; anything else ->
@@ -429,7 +430,7 @@ def _note_progress(exc: BaseException, record: OperationRecord) -> None:
 
 
 class Engine:
-    """Every decision the two clients share (spec section 9); no I/O of its own.
+    """Every decision the two clients share (docs/ecpay-api.md section 9); no I/O of its own.
 
     ``fence_margin`` (seconds or a timedelta, default 300 s) is added to ECPay's 10-minute
     Timestamp window before a query showing no change proves a lost DoAction not done (R22);
@@ -473,8 +474,7 @@ class Engine:
             raise InvalidArgument("lease must be longer than zero")
         if not isinstance(allow_stage_do_action, bool):
             raise InvalidArgumentType(
-                "allow_stage_do_action must be a bool, not "
-                f"{type(allow_stage_do_action).__name__}"
+                f"allow_stage_do_action must be a bool, not {type(allow_stage_do_action).__name__}"
             )
         self.refund_visible_at_once = refund_visible_at_once
         self.allow_stage_do_action = allow_stage_do_action
@@ -732,7 +732,10 @@ class Engine:
     def detail_flow(
         self, merchant_trade_no: str, trade_no: str, kind: PaymentKind
     ) -> Flow[OrderSnapshot]:
-        """CreditDetail/QueryTrade: the order's state and closed amount now (spec 4, R4)."""
+        """CreditDetail/QueryTrade: the order's state and closed amount now (R4).
+
+        See docs/ecpay-api.md section 4.
+        """
         request = build_credit_detail(
             self.credentials,
             merchant_trade_no=merchant_trade_no,
@@ -818,7 +821,10 @@ class Engine:
         but: str | None = None,
         records: Sequence[OperationRecord] | None = None,
     ) -> Flow[OperationRecord | None]:
-        """The operation (other than ``but``) whose unresolved step locks the order (spec 9)."""
+        """The operation (other than ``but``) whose unresolved step locks the order.
+
+        See docs/ecpay-api.md section 9.
+        """
         if records is None:
             records = yield from self._for_order(merchant_trade_no)
         for record in records:

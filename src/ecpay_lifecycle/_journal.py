@@ -1,4 +1,6 @@
-"""The operation journal: what the clients record before and after every DoAction (spec 9).
+"""The operation journal: what the clients record before and after every DoAction.
+
+See docs/ecpay-api.md section 9.
 
 Each money-moving call is one :class:`OperationRecord`, keyed by the caller's idempotency key (or
 a generated one). Before a DoAction is sent the record gets an :class:`AttemptRecord` in status
@@ -59,7 +61,7 @@ _T = TypeVar("_T")
 
 
 class AttemptStatus(enum.StrEnum):
-    """Where one DoAction attempt stands (spec section 9)."""
+    """Where one DoAction attempt stands (docs/ecpay-api.md section 9)."""
 
     #: Recorded just before sending; still there after a crash, so the order stays locked.
     SENDING = "sending"
@@ -363,7 +365,9 @@ def check_save(stored: tuple[int, str, str] | None, record: OperationRecord) -> 
 
 @runtime_checkable
 class Journal(Protocol):
-    """Where the clients record operations (spec section 9). A few methods, plain values.
+    """Where the clients record operations. A few methods, plain values.
+
+    See docs/ecpay-api.md section 9.
 
     A store must make each call atomic; a durable one must have written a record before
     :meth:`save` returns, because the client sends a DoAction right after saving ``SENDING``.
@@ -372,7 +376,10 @@ class Journal(Protocol):
 
     @property
     def locks(self) -> OrderLocks:
-        """The per-order locks that come with this store (spec 9: order serialisation)."""
+        """The per-order locks that come with this store (order serialisation).
+
+        See docs/ecpay-api.md section 9.
+        """
 
     def claim(self, record: OperationRecord, *, now: dt.datetime) -> Claim:
         """Atomically decide by :func:`arbitrate` and write what it says (R23)."""

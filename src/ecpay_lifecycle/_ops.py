@@ -161,9 +161,7 @@ def _run_sweep(args: argparse.Namespace, out: TextIO) -> int:
 
 
 @contextlib.contextmanager
-def _progress(
-    stream: TextIO, *, quiet: bool
-) -> Iterator[Callable[[int, int, str], None] | None]:
+def _progress(stream: TextIO, *, quiet: bool) -> Iterator[Callable[[int, int, str], None] | None]:
     """On a terminal (and not with ``--json``), one line on stderr that says which order the
     sweep is at, erased when it ends; elsewhere nothing (logs and pipes stay clean)."""
     if quiet or not stream.isatty():

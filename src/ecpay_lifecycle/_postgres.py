@@ -1,4 +1,6 @@
-"""A durable journal in PostgreSQL, and order locks for every host that shares it (spec 9).
+"""A durable journal in PostgreSQL, and order locks for every host that shares it.
+
+See docs/ecpay-api.md section 9.
 
 :class:`PostgresJournal` implements :class:`~._journal.Journal` with psycopg 3 and a
 ``psycopg_pool.ConnectionPool`` (the ``postgres`` extra). Each call is one short transaction, never
@@ -941,7 +943,8 @@ def _check_order(merchant_id: object, merchant_trade_no: object) -> None:
 
 class PostgresOrderLocks:
     """:class:`~ecpay_lifecycle.OrderLocks` for every thread, asyncio task, process and host that
-    uses one database: a session advisory lock per order (spec 9, order serialisation).
+    uses one database: a session advisory lock per order (docs/ecpay-api.md section 9, order
+    serialisation).
 
     The threads and tasks of this process first queue on a :class:`~ecpay_lifecycle.
     ProcessOrderLocks`; the one in front takes a connection of the lock pool and runs

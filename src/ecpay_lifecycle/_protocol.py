@@ -1,4 +1,6 @@
-"""Sans-I/O ECPay protocol: build request envelopes, open and verify replies (spec sections 2-5).
+"""Sans-I/O ECPay protocol: build request envelopes, open and verify replies.
+
+See docs/ecpay-api.md sections 2-5.
 
 Nothing here sends or receives anything. The clients call ``build_*`` for a :class:`WireRequest`,
 POST ``request.body`` as JSON to ``base_url + request.path``, hand the status code and body bytes
@@ -89,7 +91,8 @@ _TIME = re.compile(
     re.IGNORECASE,
 )
 _AFTERNOON = frozenset({"下午", "pm"})
-# For the human reading the error only; control flow never looks at message text (spec 3).
+# For the human reading the error only; control flow never looks at message text
+# (docs/ecpay-api.md section 3).
 _HINTS = {
     "error_nopay": "no authorization yet; ECPay says to query again in 10 minutes",
     "error_Stop": "merchant not found or its contract has expired",
@@ -101,7 +104,8 @@ _INSTALLMENT_TYPES = frozenset({"CreditInstallment", "FlexibleInstallment"})
 _CREDIT_CARD_STAGES = re.compile(r"Credit_CreditCard([0-9]{1,3})")
 # Families ECPay names for payments that are not by card, up to the first "_" (ATM_TAISHIN,
 # CVS_CVS, BARCODE_BARCODE, WebATM_TAISHIN, TWQR_OPAY, BNPL_URICH, ...). Apple Pay is listed
-# [HOUSE]: the spec counts no wallet as a credit-card order, so nothing is moved for one.
+# [HOUSE]: docs/ecpay-api.md section 5 counts no wallet as a credit-card order, so nothing is
+# moved for one.
 _NOT_CARD_FAMILIES = frozenset(
     {"ATM", "CVS", "BARCODE", "WebATM", "TWQR", "BNPL", "ApplePay", "DigitalPayment", "WeiXin"}
 )
@@ -114,7 +118,9 @@ def is_production(base_url: str) -> bool:
 
 
 def is_stage(base_url: str) -> bool:
-    """Whether ``base_url`` points at an ECPay stage host, where DoAction cannot run (spec 1).
+    """Whether ``base_url`` points at an ECPay stage host, where DoAction cannot run.
+
+    See docs/ecpay-api.md section 1.
 
     A value that is not a URL raises :class:`ConfigurationError`.
     """
@@ -155,8 +161,9 @@ class Credentials:
 
     HashKey and HashIV are checked at construction (exactly 16 ASCII bytes, R1) and never appear
     in ``repr``, ``str`` or any error. ``platform_id`` is set only for platform merchants; the
-    outer envelope then carries it instead of ``merchant_id`` (spec 3). ``auto_close`` is the
-    merchant's daily auto-close setting (R5, R6, R7). ``codec`` is built once and shared.
+    outer envelope then carries it instead of ``merchant_id`` (docs/ecpay-api.md section 3).
+    ``auto_close`` is the merchant's daily auto-close setting (R5, R6, R7). ``codec`` is built once
+    and shared.
     """
 
     merchant_id: str = attrs.field(validator=_validate_merchant_id)
@@ -170,7 +177,10 @@ class Credentials:
 
     @property
     def outer_merchant_id(self) -> str:
-        """The envelope's ``MerchantID``: the platform's ID for a platform merchant (spec 2)."""
+        """The envelope's ``MerchantID``: the platform's ID for a platform merchant.
+
+        See docs/ecpay-api.md section 2.
+        """
         return self.platform_id or self.merchant_id
 
 
@@ -199,7 +209,8 @@ class WireRequest:
 def _envelope(
     credentials: Credentials, path: str, data: dict[str, Any], now: dt.datetime
 ) -> WireRequest:
-    # R20: plain Unix seconds; ECPay's "GMT+8" wording does not mean adding 8 hours (spec 2).
+    # R20: plain Unix seconds; ECPay's "GMT+8" wording does not mean adding 8 hours
+    # (docs/ecpay-api.md section 2).
     timestamp = int(check_aware(now).timestamp())
     body = {
         "MerchantID": credentials.outer_merchant_id,
@@ -230,7 +241,9 @@ def build_do_action(
     amount: int,
     now: dt.datetime,
 ) -> WireRequest:
-    """The DoAction request for one step (spec 3); order numbers and amount checked (R19).
+    """The DoAction request for one step; order numbers and amount checked (R19).
+
+    See docs/ecpay-api.md section 3.
 
     ``TotalAmount`` is the amount this action moves: for ``R`` the amount to refund, not what
     is left. Bad input raises :class:`InvalidArgument` or :class:`InvalidArgumentType`.
@@ -260,7 +273,10 @@ def build_credit_detail(
     trade_no: str | None = None,
     now: dt.datetime,
 ) -> WireRequest:
-    """The CreditDetail/QueryTrade request that reads an order's state (spec 4, R4, R19)."""
+    """The CreditDetail/QueryTrade request that reads an order's state (R4, R19).
+
+    See docs/ecpay-api.md section 4.
+    """
     data = _inner_head(credentials, merchant_trade_no)
     if trade_no is not None:
         data["TradeNo"] = check_order_number(trade_no, field="trade_no")
@@ -270,7 +286,10 @@ def build_credit_detail(
 def build_cashier_query(
     credentials: Credentials, *, merchant_trade_no: str, now: dt.datetime
 ) -> WireRequest:
-    """The Cashier/QueryTrade request that tells the payment kind (spec 5, R19)."""
+    """The Cashier/QueryTrade request that tells the payment kind (R19).
+
+    See docs/ecpay-api.md section 5.
+    """
     data = _inner_head(credentials, merchant_trade_no)
     return _envelope(credentials, CASHIER_QUERY_PATH, data, now)
 
@@ -407,7 +426,9 @@ class CloseRow:
 
 @attrs.frozen
 class CreditDetail:
-    """What CreditDetail/QueryTrade says about an order, in either reply shape (spec 4).
+    """What CreditDetail/QueryTrade says about an order, in either reply shape.
+
+    See docs/ecpay-api.md section 4.
 
     ``closed_amount`` is ECPay's ``ClsAmt``; ``authorized_at`` is aware, Asia/Taipei.
     """
@@ -428,7 +449,7 @@ class CreditDetail:
 
 @attrs.frozen
 class CashierInfo:
-    """What Cashier/QueryTrade says about an order's payment (spec 5)."""
+    """What Cashier/QueryTrade says about an order's payment (docs/ecpay-api.md section 5)."""
 
     merchant_trade_no: str
     trade_no: str
@@ -458,7 +479,9 @@ def parse_do_action(inner: Mapping[str, Any], *, request: WireRequest) -> DoActi
 
 
 def parse_credit_detail(inner: Mapping[str, Any], *, request: WireRequest) -> CreditDetail:
-    """Read a CreditDetail/QueryTrade reply in its JSON or AIO shape (spec 4, R3).
+    """Read a CreditDetail/QueryTrade reply in its JSON or AIO shape (R3).
+
+    See docs/ecpay-api.md section 4.
 
     A present ``RtnCode`` other than 1, or (without ``RtnCode``) a non-empty ``RtnMsg`` such as
     ``error_nopay`` raises :class:`GatewayRefused`. An unknown status raises
@@ -505,7 +528,9 @@ def parse_credit_detail(inner: Mapping[str, Any], *, request: WireRequest) -> Cr
 
 
 def parse_cashier_query(inner: Mapping[str, Any], *, request: WireRequest) -> CashierInfo:
-    """Read a Cashier/QueryTrade reply and classify the payment kind (spec 5, R2).
+    """Read a Cashier/QueryTrade reply and classify the payment kind (R2).
+
+    See docs/ecpay-api.md section 5.
 
     ECPay leaves out what does not apply: an absent ``CardInfo``, ``Stage``, ``RedDan`` or
     ``RedDeAmt`` is 0, and numbers may come as numeric strings. Kind: ``Stage > 0`` or an
@@ -839,7 +864,10 @@ def _time(value: object, name: str, order: str | None, raw: Mapping[str, Any]) -
 def _close_rows(
     value: object, name: str, order: str | None, raw: Mapping[str, Any]
 ) -> tuple[CloseRow, ...]:
-    """``CloseData``: ``{}`` when there is no row, otherwise a list of rows (spec 4, [HOUSE])."""
+    """``CloseData``: ``{}`` when there is no row, otherwise a list of rows ([HOUSE]).
+
+    See docs/ecpay-api.md section 4.
+    """
     if isinstance(value, Mapping) and not value:
         return ()
     if not isinstance(value, list):

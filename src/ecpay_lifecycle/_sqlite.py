@@ -1,4 +1,6 @@
-"""A durable journal in one SQLite file, and order locks for the processes of one host (spec 9).
+"""A durable journal in one SQLite file, and order locks for the processes of one host.
+
+See docs/ecpay-api.md section 9.
 
 :class:`SQLiteJournal` implements :class:`~._journal.Journal` with the standard library's
 ``sqlite3``. Each call is one short transaction: a claim reads, decides by
@@ -11,7 +13,7 @@ an order lock is held across HTTP.
 :class:`FileOrderLocks` are its ``locks``: an in-process lock, then a POSIX byte-range lock of
 one byte in ``<path>.locks``, which the operating system frees when the holding process dies.
 They serialise the threads, asyncio tasks and processes of one host; several hosts need a store
-with a lock service of its own (spec 9, order serialisation).
+with a lock service of its own (docs/ecpay-api.md section 9, order serialisation).
 
 The schema is versioned (``PRAGMA user_version``, with an ``application_id`` naming the file as
 a journal) and created or migrated by the library itself. Every failure of the file becomes a
@@ -680,7 +682,7 @@ if hasattr(os, "register_at_fork"):
 
 class FileOrderLocks:
     """:class:`~ecpay_lifecycle.OrderLocks` for every thread, asyncio task and process of one host
-    that uses the lock file ``path`` (spec 9, order serialisation).
+    that uses the lock file ``path`` (docs/ecpay-api.md section 9, order serialisation).
 
     An order's lock is an in-process lock, then an exclusive POSIX lock (``fcntl.lockf``) on one
     byte of the file at an offset hashed from (merchant_id, order). The operating system frees
