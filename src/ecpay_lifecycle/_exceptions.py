@@ -76,7 +76,8 @@ _TOKEN = re.compile(r"\b(error_[A-Za-z0-9_]+)")
 def error_token(message: str | None) -> str | None:
     """Return the ``error_xxx`` token ECPay puts in a message, e.g. ``更新失敗.(error_amount_R)``.
 
-    For diagnostics only: control flow never depends on message text alone (spec section 3).
+    For diagnostics only: control flow never depends on message text alone (docs/ecpay-api.md
+    section 3).
     """
     if not message:
         return None
@@ -142,9 +143,9 @@ class InvalidArgumentType(EcpayError, TypeError):
 class RuleViolation(EcpayError):
     """The planner refuses an action because an ECPay rule forbids it now or forever.
 
-    ``rule`` is the spec's rule number (``"R11"``), the message is one sentence a shop's support
-    person understands, and ``retry_at`` is the aware datetime from which the action may succeed,
-    or ``None`` when waiting does not help.
+    ``rule`` is the rule's number in docs/ecpay-api.md section 7 (``"R11"``), the message is one
+    sentence a shop's support person understands, and ``retry_at`` is the aware datetime from
+    which the action may succeed, or ``None`` when waiting does not help.
     """
 
     def __init__(
@@ -220,7 +221,8 @@ class TransportError(EcpayError):
     """A request failed and nothing took effect, so trying again is safe.
 
     Either ECPay never saw it (DNS, connect refused, connect timeout), it was a query (which moves
-    nothing), or a lost DoAction reply was proved not applied by a query (spec section 9).
+    nothing), or a lost DoAction reply was proved not applied by a query (docs/ecpay-api.md
+    section 9).
     """
 
 
@@ -297,14 +299,15 @@ class GatewayRefused(EcpayError):
 
 
 class OutcomeUnknown(EcpayError):
-    """A DoAction was sent and whether it took effect is not established yet (R22, spec 9).
+    """A DoAction was sent and whether it took effect is not established yet (R22).
 
-    The order takes no new money movement until the attempt is resolved. ``retry_at`` is when it
-    can be resolved (the fence: the request's Timestamp + 600 s + margin, and after the next
-    batch where the step's effect may only show then); ``None`` when a query can never tell and
-    a person must declare the verdict. ``idempotency_key`` is the operation's journal key (the
-    caller's key, or the generated one a ``reconcile(declare=...)`` names). ``step`` is the step
-    and ``observed`` the last snapshot seen, if any.
+    The order takes no new money movement until the attempt is resolved
+    (docs/ecpay-api.md section 9). ``retry_at`` is when it can be resolved (the fence: the request's
+    Timestamp + 600 s + margin, and after the next batch where the step's effect may only show
+    then); ``None`` when a query can never tell and a person must declare the verdict.
+    ``idempotency_key`` is the operation's journal key (the caller's key, or the generated one a
+    ``reconcile(declare=...)`` names). ``step`` is the step and ``observed`` the last snapshot seen,
+    if any.
     """
 
     def __init__(
