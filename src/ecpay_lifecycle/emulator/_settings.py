@@ -258,11 +258,10 @@ class EmulatorSettings:
             [OBS]. Default False: an int, as documented.
         cashier_keys_by_kind: Cashier/QueryTrade's ``CardInfo`` carries only the keys that
             apply, as ECPay's records do [OBS] (spec section 5): instalments ``Stage``/``Stast``
-            /``Staed``, bonus points the ``Red*`` keys, others neither. Default False (every
-            key, zero where unused) until the library's Cashier parser tolerates absent keys.
+            /``Staed``, bonus points the ``Red*`` keys, others neither. Default True. False:
+            every key on every order, zero where unused (the shape of ECPay's field list).
         cashier_one_time_card_info: whether a one-time order's Cashier/QueryTrade record has a
-            ``CardInfo`` at all; ECPay's recorded one has none [OBS]. Default True for the same
-            reason as ``cashier_keys_by_kind``.
+            ``CardInfo`` at all. Default False, as ECPay's recorded one-time record [OBS].
         stack_pending_refunds: [HOUSE] whether a second R is accepted while an earlier one waits
             for the batch; they add up. Off: the second R is refused with
             :attr:`Refusal.REFUND_PENDING`. Default True.
@@ -324,8 +323,8 @@ class EmulatorSettings:
     )
     numeric_merchant_ids: bool = attrs.field(default=False, validator=_bool)
     string_trans_code: bool = attrs.field(default=False, validator=_bool)
-    cashier_keys_by_kind: bool = attrs.field(default=False, validator=_bool)
-    cashier_one_time_card_info: bool = attrs.field(default=True, validator=_bool)
+    cashier_keys_by_kind: bool = attrs.field(default=True, validator=_bool)
+    cashier_one_time_card_info: bool = attrs.field(default=False, validator=_bool)
     stack_pending_refunds: bool = attrs.field(default=True, validator=_bool)
     refund_lowers_closed_amount_at_once: bool = attrs.field(default=True, validator=_bool)
     close_limit: dt.timedelta = attrs.field(
