@@ -1,4 +1,7 @@
-"""The emulator answers as ECPay was seen to answer (issue 10 item 4, spec sections 1-5 and 10).
+"""The emulator answers as ECPay was seen to answer (issue 10 item 4).
+
+What ECPay was seen to answer is docs/ecpay-api.md sections 1-5 and 10; "section N" below is one
+of that document.
 
 One test (parametrized or a hypothesis property) per observed answer and per setting that
 models an observed variant. Every refusal is also checked in the event log: the request is
@@ -147,7 +150,7 @@ def test_refund_beyond_the_balance_answers_10100027(balance: int, refund: int) -
 @pytest.mark.parametrize("how", ["N", "N of a part", "E then N", "day 90"])
 def test_n_on_an_abandoned_order_answers_error_nopay(how: str) -> None:
     """A second N after the authorization was abandoned: ECPay answered error_nopay [OBS].
-    The token rides in RtnMsg, with RtnCode != 1 (spec section 3)."""
+    The token rides in RtnMsg, with RtnCode != 1 (section 3)."""
     emulator = make_emulator(auto_close=how != "day 90")
     emulator.authorize(MID, "A1", 1000)
     wire = Wire(emulator)
@@ -310,7 +313,7 @@ def test_envelope_errors_answer_110_and_104_with_the_configured_http_status(
     before = (state_of(emulator), len(emulator.applied_do_actions()))
     response = raw_post(emulator, Endpoint.DO_ACTION, body)
     assert response.status_code == status
-    outer = response.json()  # a valid envelope whatever the status (spec section 2)
+    outer = response.json()  # a valid envelope whatever the status (section 2)
     assert (outer["TransCode"], outer["TransMsg"], outer["Data"]) == (trans_code, trans_msg, "")
     assert outer["MerchantID"] == MID
     last = emulator.events[-1]
@@ -479,7 +482,7 @@ def test_numeric_merchant_ids_and_string_trans_code(numeric: bool, string: bool)
 
 
 def test_the_client_works_with_numeric_ids_and_string_trans_code() -> None:
-    """The library reads both variants (spec section 2): a whole capture and refund flow."""
+    """The library reads both variants (section 2): a whole capture and refund flow."""
     emulator = make_emulator(balance=10_000, numeric_merchant_ids=True, string_trans_code=True)
     emulator.authorize(MID, "A1", 1000)
     with Client(

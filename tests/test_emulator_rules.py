@@ -1,4 +1,4 @@
-"""The emulator enforces every rule of spec section 7 on its own side, through the wire."""
+"""The emulator enforces every rule of docs/ecpay-api.md section 7 on its own side, by wire."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def test_add_merchant_validates_and_never_overwrites() -> None:
         emulator.add_merchant("3002609", KEY, IV, balance=-1)
 
 
-# -- the happy lifecycle (spec section 6) ------------------------------------------------------
+# -- the happy lifecycle (section 6) ------------------------------------------------------
 
 
 def test_close_then_batch_then_refund_then_batch() -> None:

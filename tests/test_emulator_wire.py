@@ -1,4 +1,4 @@
-"""The emulator speaks ECPay's wire (spec sections 2-5): envelopes, reply shapes, bad input."""
+"""The emulator speaks ECPay's wire (docs/ecpay-api.md sections 2-5): envelopes, replies, junk."""
 
 from __future__ import annotations
 
@@ -274,7 +274,7 @@ def _encrypt_raw(codec: AesCodec, plain: bytes) -> str:
     return base64.b64encode(cipher).decode()
 
 
-#: ECPay's own TransCodes for the two causes it was seen to answer [OBS] (spec section 2); every
+#: ECPay's own TransCodes for the two causes it was seen to answer [OBS] (section 2); every
 #: other bad envelope answers ``bad_envelope_trans_code`` (999 by default).
 OBSERVED_TRANS_CODES = {
     "Timestamp huge": (104, "Timestamp is over 10 minutes"),

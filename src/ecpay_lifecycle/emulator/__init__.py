@@ -1,4 +1,7 @@
-"""A faithful, stateful, local stand-in for ECPay's credit-card endpoints (spec section 10).
+"""A faithful, stateful, local stand-in for ECPay's credit-card endpoints.
+
+The contract it follows is docs/ecpay-api.md (the emulator is its section 10; every "section N"
+in this package is a section of that document).
 
 ECPay's stage environment cannot run DoAction, so this is the only place a capture or refund
 flow can run end to end. Use :class:`Emulator` in tests through ``httpx.MockTransport``

@@ -2,10 +2,10 @@
 
 Front doors: :attr:`Emulator.handler` / :attr:`Emulator.async_handler` for
 ``httpx.MockTransport`` and :meth:`Emulator.asgi_app` for any ASGI server. All three share one
-request pipeline: read the envelope (spec 2), pick an armed fault, apply the request to the
-:class:`~._state.Ledger` (spec 3-7), shape the reply. A DoAction let in by ``Fault.LATE_APPLY``
-waits in a queue of landings until the clock reaches its moment (spec 9, R22). One re-entrant
-lock guards all state.
+request pipeline: read the envelope (section 2), pick an armed fault, apply the request to the
+:class:`~._state.Ledger` (sections 3-7), shape the reply. A DoAction let in by ``Fault.LATE_APPLY``
+waits in a queue of landings until the clock reaches its moment (section 9, R22). One re-entrant
+lock guards all state. Sections are those of docs/ecpay-api.md.
 """
 
 from __future__ import annotations
@@ -140,11 +140,11 @@ def _dumps(payload: Mapping[str, Any]) -> bytes:
 
 
 class Emulator:
-    """A faithful, stateful, local stand-in for ECPay's credit-card endpoints (spec section 10).
+    """A faithful, stateful, local stand-in for ECPay's credit-card endpoints (section 10).
 
     It keeps merchants and orders, a clock that only tests move (:meth:`advance`,
     :meth:`set_time`; the 20:15 Asia/Taipei batch and the day rules R6/R7 happen as it passes
-    them), enforces every rule of spec section 7 with its own code, answers in ECPay's envelope
+    them), enforces every rule of section 7 with its own code, answers in ECPay's envelope
     and shapes, logs every event (:meth:`applied_do_actions` counts the money movements), and
     injects faults on demand (:attr:`faults`), among them DoActions that land after the client
     gave up (:meth:`pending_landings`) and CreditDetail answers from older data. Thread-safe.
@@ -265,7 +265,7 @@ class Emulator:
         """Register a merchant with its HashKey/HashIV (16 ASCII bytes each, R1).
 
         ``auto_close`` is the daily auto-close setting (R5-R7), ``balance`` its ECPay account
-        balance in TWD (R16), ``platform_id`` the platform that may act for it (spec section 3).
+        balance in TWD (R16), ``platform_id`` the platform that may act for it (section 3).
         The key and IV never appear in a repr, the event log or an error.
         """
         with self._lock:
@@ -489,7 +489,7 @@ class Emulator:
         trans_code: int | None = None,
         trans_msg: str | None = None,
     ) -> _Reply:
-        """A bad envelope: TransCode != 1, nothing processed, nothing changed (spec 2).
+        """A bad envelope: TransCode != 1, nothing processed, nothing changed (section 2).
 
         ``trans_code`` / ``trans_msg``: ECPay's own answer where observed (110, 104); otherwise
         the settings' bad-envelope code and ``message``.
@@ -508,7 +508,7 @@ class Emulator:
         return _Reply(self.settings.envelope_error_http_status, body)
 
     def _outer(self, merchant_id: str, code: int, message: str, data: str) -> dict[str, Any]:
-        """The reply envelope (spec section 2), with the ID and TransCode types the settings
+        """The reply envelope (section 2), with the ID and TransCode types the settings
         ask for (``numeric_merchant_ids``, ``string_trans_code``)."""
         return {
             "MerchantID": self._id(merchant_id),
@@ -583,7 +583,7 @@ class Emulator:
         )
 
     def _queue_landing(self, got: _Received) -> str:
-        """LATE_APPLY: ECPay has the DoAction; it lands ``land_after`` from now (spec 9)."""
+        """LATE_APPLY: ECPay has the DoAction; it lands ``land_after`` from now (section 9)."""
         assert got.rule is not None  # only LATE_APPLY queues
         try:
             at = got.received_at + got.rule.land_after
@@ -666,7 +666,7 @@ class Emulator:
         return _Outcome(reply, refusal=reason, **extra)
 
     def _lookup(self, got: _Received, *, need_trade_no: bool) -> _Order | Refusal:
-        """The order the inner data names, if this envelope's merchant may see it (spec 3).
+        """The order the inner data names, if this envelope's merchant may see it (section 3).
 
         The inner MerchantID is checked first, as ECPay does on all three endpoints [OBS]:
         missing (5000220), then not the envelope's nor one of its platform's merchants
@@ -697,7 +697,7 @@ class Emulator:
         return order
 
     def _do_action(self, got: _Received) -> _Outcome:
-        """DoAction (spec 3): validate the inner data (R19), find the order, apply or refuse."""
+        """DoAction (section 3): validate the inner data (R19), find the order, apply or refuse."""
         inner = got.inner
         echoes = {
             "PlatformID": echo(inner.get("PlatformID")),
@@ -723,7 +723,7 @@ class Emulator:
         return _Outcome(reply, applied=True, merchant_trade_no=number, amount=amount)
 
     def _credit_detail(self, got: _Received) -> _Outcome:
-        """CreditDetail/QueryTrade (spec 4): the order's status, ClsAmt and close rows, as they
+        """CreditDetail/QueryTrade (section 4): the order's status, ClsAmt and close rows, as they
         were ``credit_detail_lag`` ago and, under STALE_QUERY, some writes before that."""
         found = self._lookup(got, need_trade_no=False)
         if isinstance(found, Refusal):
@@ -735,7 +735,7 @@ class Emulator:
         return _Outcome(reply, merchant_trade_no=view.merchant_trade_no)
 
     def _query_trade(self, got: _Received) -> _Outcome:
-        """Cashier/QueryTrade (spec 5): the order and its payment kind."""
+        """Cashier/QueryTrade (section 5): the order and its payment kind."""
         found = self._lookup(got, need_trade_no=False)
         merchant_echo = {"MerchantID": echo(got.inner.get("MerchantID"))}
         if isinstance(found, Refusal):

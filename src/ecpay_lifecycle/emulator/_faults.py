@@ -1,10 +1,11 @@
-"""Faults that tests switch on: the ways a request to ECPay can go wrong (spec sections 9, 10).
+"""Faults that tests switch on: the ways a request to ECPay can go wrong (sections 9, 10).
 
 A fault is armed for an endpoint (and for DoAction, an action), optionally for one order and to
 wake only after a DoAction, and for a number of requests; the next matching request that the
 emulator can decrypt consumes it. Bad envelopes never consume faults. Whether the change is
 applied before the fault hides the reply is part of each fault's contract, because that is
-exactly what makes an outcome unknown to the client (spec section 9).
+exactly what makes an outcome unknown to the client (section 9). Sections are those of
+docs/ecpay-api.md.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ __all__ = ["Endpoint", "Fault", "FaultRule", "Faults"]
 
 
 class Endpoint(enum.StrEnum):
-    """The three ECPay endpoints the emulator serves (spec section 1); values are URL paths."""
+    """The three ECPay endpoints the emulator serves (section 1); values are URL paths."""
 
     DO_ACTION = "/1.0.0/Credit/DoAction"
     CREDIT_DETAIL = "/1.0.0/CreditDetail/QueryTrade"
@@ -67,7 +68,7 @@ class Fault(enum.Enum):
     SERVER_ERROR_BEFORE_APPLY = "server_error_before_apply"
     #: HTTP ``status_code`` (5xx, default 502) after the change was applied.
     SERVER_ERROR_AFTER_APPLY = "server_error_after_apply"
-    #: HTTP 403: calls came too fast (spec section 2). Nothing applied.
+    #: HTTP 403: calls came too fast (section 2). Nothing applied.
     RATE_LIMITED = "rate_limited"
     #: A reply with ``TransCode`` ``trans_code`` (default the settings' bad-envelope code).
     #: Nothing applied.
@@ -82,7 +83,7 @@ class Fault(enum.Enum):
     #: or a later request arrives then, and is refused by R20 if its Timestamp is over 10 minutes
     #: old by then. ASGI: hang ``seconds`` and answer 504. See :meth:`Emulator.pending_landings`.
     LATE_APPLY = "late_apply"
-    #: CreditDetail only. The reply shows the order as it was ``writes`` writes ago (spec 9:
+    #: CreditDetail only. The reply shows the order as it was ``writes`` writes ago (section 9:
     #: "served from data one write behind"). Processed normally otherwise.
     STALE_QUERY = "stale_query"
 

@@ -2,7 +2,8 @@
 
 The library's :class:`~ecpay_lifecycle._codec.AesCodec` URL-encodes like PHP's ``urlencode``
 (upper-case hex), byte for byte as ECPay's documented examples. ECPay's servers encode their
-replies .NET-style instead: lower-case hex, with ``! * ( )`` left alone [OBS] (spec section 2).
+replies .NET-style instead: lower-case hex, with ``! * ( )`` left alone [OBS]
+(docs/ecpay-api.md section 2).
 A decoder that follows R1 reads both; :class:`ReplyCodec` writes either, as
 :attr:`EmulatorSettings.reply_url_encoding` says. Pure: no I/O, no state beyond the key.
 """

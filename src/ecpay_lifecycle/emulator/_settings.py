@@ -1,9 +1,12 @@
 """The emulator's settings: every behaviour ECPay does not document is a named field here.
 
-The spec (section 10) marks what ECPay is silent about as [HOUSE]; each such choice is one field
-of :class:`EmulatorSettings` with the project's default, so a user who learns that ECPay behaves
-otherwise can change the emulator instead of forking it. Documented numbers (the 20:15 batch,
-21/80/90 days, the 10-minute Timestamp window) are fields too, so tests can shrink or move them.
+The contract (docs/ecpay-api.md section 10; every "section N" here is one of that document)
+marks what ECPay is silent about as [HOUSE]; each such choice is one field of
+:class:`EmulatorSettings` with the project's default, so a user who learns that ECPay behaves
+otherwise can change the emulator instead of forking it. Where ECPay was seen to answer in more
+than one way [OBS] (HTTP 500 on some hosts, numeric IDs), the variant is a field too. Documented
+numbers (the 20:15 batch, 21/80/90 days, the 10-minute Timestamp window) are fields too, so tests
+can shrink or move them.
 """
 
 from __future__ import annotations
@@ -36,16 +39,16 @@ class Refusal(enum.StrEnum):
     RtnCode and RtnMsg the emulator answers with.
     """
 
-    #: The inner ``MerchantID`` is missing or empty (spec section 1: ECPay answers ``5000220``).
+    #: The inner ``MerchantID`` is missing or empty (section 1: ECPay answers ``5000220``).
     MERCHANT_ID_MISSING = "merchant_id_missing"
     #: The inner ``MerchantID`` is not the envelope's (nor, with ``PlatformID``, one of that
-    #: platform's merchants) (spec section 1: ECPay answers ``5000261``).
+    #: platform's merchants) (section 1: ECPay answers ``5000261``).
     MERCHANT_ID_MISMATCH = "merchant_id_mismatch"
     #: A required field is missing or malformed (not a string, Action not C/R/E/N) (R19).
     BAD_PARAMETER = "bad_parameter"
     #: ``TotalAmount`` is not a positive whole number, or is above the order amount (R19).
     BAD_AMOUNT = "bad_amount"
-    #: No such order for this merchant, or TradeNo does not match (spec section 4: 10000185).
+    #: No such order for this merchant, or TradeNo does not match (section 4: 10000185).
     ORDER_NOT_FOUND = "order_not_found"
     #: DoAction inside [20:15, 20:30) Asia/Taipei for a merchant with auto-close on (R5).
     BATCH_WINDOW = "batch_window"
@@ -130,7 +133,7 @@ DEFAULT_REFUSALS: Mapping[Refusal, RefusalReply] = types.MappingProxyType(
 
 
 class ReplyFlavour(enum.StrEnum):
-    """Which of ECPay's two CreditDetail reply shapes the emulator answers with (spec section 4)."""
+    """Which of ECPay's two CreditDetail reply shapes the emulator answers with (section 4)."""
 
     #: The JSON API: PascalCase, English statuses, int numbers, ``CloseData`` beside ``RtnValue``.
     JSON = "json"
@@ -140,7 +143,7 @@ class ReplyFlavour(enum.StrEnum):
 
 
 class UrlEncoding(enum.StrEnum):
-    """How the emulator URL-encodes reply data before encrypting it (spec section 2.1, R1).
+    """How the emulator URL-encodes reply data before encrypting it (section 2.1, R1).
 
     Either decodes with the library's codec (and any decoder that follows R1).
     """
@@ -240,14 +243,14 @@ class EmulatorSettings:
             ``timestamp_tolerance`` 104, as ECPay does [OBS].
         envelope_error_http_status: the HTTP status of a reply whose TransCode is not 1 (a bad
             envelope, ``Fault.TRANS_CODE_ERROR``). 200 (default) as ECPay documents and as its
-            stage host answers; 500 as some ECPay hosts answer [OBS] (spec section 2).
+            stage host answers; 500 as some ECPay hosts answer [OBS] (section 2).
         refusal_http_status: the HTTP status of a reply with TransCode 1 and ``RtnCode != 1``
             (a refused request). 200 (default), or 500 as some ECPay hosts answer [OBS].
         success_message: DoAction's ``RtnMsg`` on success. Default ``"Succeeded."``, as ECPay
             answered an accepted N [OBS] (its page shows ``"Success"``); a client must not read
-            it (spec section 2).
+            it (section 2).
         cashier_success_message: Cashier/QueryTrade's ``RtnMsg`` on success: ``"Success!"`` as
-            recorded [OBS]. CreditDetail's is always ``""`` (spec section 4).
+            recorded [OBS]. CreditDetail's is always ``""`` (section 4).
         reply_url_encoding: how reply data is URL-encoded before encryption (R1): ECPay's
             servers use .NET's lower-case hex (``UrlEncoding.DOTNET``, default) [OBS]; the
             documented examples PHP's upper-case (``UrlEncoding.PHP``).
@@ -257,7 +260,7 @@ class EmulatorSettings:
         string_trans_code: answer ``TransCode`` as a string (``"1"``), as some ECPay replies do
             [OBS]. Default False: an int, as documented.
         cashier_keys_by_kind: Cashier/QueryTrade's ``CardInfo`` carries only the keys that
-            apply, as ECPay's records do [OBS] (spec section 5): instalments ``Stage``/``Stast``
+            apply, as ECPay's records do [OBS] (section 5): instalments ``Stage``/``Stast``
             /``Staed``, bonus points the ``Red*`` keys, others neither. Default True. False:
             every key on every order, zero where unused (the shape of ECPay's field list).
         cashier_one_time_card_info: whether a one-time order's Cashier/QueryTrade record has a
@@ -266,7 +269,7 @@ class EmulatorSettings:
             for the batch; they add up. Off: the second R is refused with
             :attr:`Refusal.REFUND_PENDING`. Default True.
         refund_lowers_closed_amount_at_once: [HOUSE] whether ``ClsAmt`` drops as soon as R is
-            accepted (default) or only when the batch settles it (spec section 4).
+            accepted (default) or only when the batch settles it (section 4).
         close_limit: R6: with auto-close off, C is refused (``error_overDate``) from
             ``authorized_at + close_limit`` on. [HOUSE] measured from the authorization time, not
             the calendar day. Default 21 days.
@@ -295,13 +298,13 @@ class EmulatorSettings:
         credit_settlements: [HOUSE] the merchant's balance grows by what each batch settles.
         debit_refunds: [HOUSE] the balance shrinks by each R accepted after settlement (and E on
             a pending refund gives it back). R16's check runs either way.
-        credit_detail_flavour: [HOUSE] CreditDetail replies as JSON (default) or AIO (spec 4).
+        credit_detail_flavour: [HOUSE] CreditDetail replies as JSON (default) or AIO (section 4).
         timestamp_tolerance: R20 [DOC]: a request Timestamp more than this far from the
             emulator's clock, either way, is a bad envelope (TransCode 104), and a late-landing
             DoAction (``Fault.LATE_APPLY``) whose Timestamp is older than this when it lands is
             refused. Default 10 minutes.
         credit_detail_lag: [HOUSE] CreditDetail answers from the order as it was this long ago
-            in emulator time (spec 9: a query "served from data ... behind"): the latest view
+            in emulator time (section 9: a query "served from data ... behind"): the latest view
             whose change time is at most ``now - lag``, or the oldest kept view. Default 0: the
             current state.
     """

@@ -1,7 +1,8 @@
 """The emulator's state engine: merchants, orders, the clock, the daily batch and the day rules.
 
 No HTTP and no codec here: the engine takes already-decoded actions and answers with a
-:class:`Refusal` or applies the change. It enforces spec section 7 with its own code (it does not
+:class:`Refusal` or applies the change. It enforces the rules of docs/ecpay-api.md (section 7;
+every "section N" here is one of that document) with its own code (it does not
 import the planner or ``_rules``), so the planner and the emulator can be tested against each
 other. It is not thread-safe by itself; :class:`~ecpay_lifecycle.emulator.Emulator` holds one
 lock around every call.
@@ -317,7 +318,7 @@ class Ledger:
     # -- views -------------------------------------------------------------------------------
 
     def shown_closed_amount(self, order: _Order) -> int:
-        """``ClsAmt`` as CreditDetail shows it (spec section 4 [HOUSE])."""
+        """``ClsAmt`` as CreditDetail shows it (section 4 [HOUSE])."""
         if self.settings.refund_lowers_closed_amount_at_once:
             return order.net
         return order.net + order.pending()
@@ -677,7 +678,7 @@ def _key_bytes(value: object) -> bytes:
 
 
 def _merchant_id(value: object, field: str) -> str:
-    """MerchantID / PlatformID: String(10), letters and digits (spec section 3)."""
+    """MerchantID / PlatformID: String(10), letters and digits (section 3)."""
     if not isinstance(value, str):
         raise InvalidArgumentType(f"{field} must be a str, not {type(value).__name__}")
     if not (1 <= len(value) <= 10 and value.isascii() and value.isalnum()):

@@ -1,8 +1,9 @@
 """ECPay's wire shapes on the gateway's side: reading request envelopes, writing replies.
 
-Pure functions of their inputs (no clock, no state): the envelope checks of spec section 2, the
-inner replies of sections 3-5 in ECPay's PascalCase (JSON and AIO flavours of CreditDetail), and
-the byte-level tricks the faults need (a ``Data`` that does not decrypt, echoes that mismatch).
+Pure functions of their inputs (no clock, no state): the envelope checks of docs/ecpay-api.md
+section 2, the inner replies of its sections 3-5 in ECPay's PascalCase (JSON and AIO flavours of
+CreditDetail), and the byte-level tricks the faults need (a ``Data`` that does not decrypt, echoes
+that mismatch).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 #: ECPay's ``(TransCode, TransMsg)`` for a ``Data`` it cannot decrypt (wrong HashKey/HashIV),
-#: as observed [OBS] (spec section 2).
+#: as observed [OBS] (section 2).
 DECRYPT_FAIL = (110, "The parameter [Data] decrypt fail.")
 #: ECPay's ``(TransCode, TransMsg)`` for a Timestamp outside the 10 minutes (R20), as observed.
 STALE_TIMESTAMP = (104, "Timestamp is over 10 minutes")
@@ -82,7 +83,7 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def read_envelope(body: bytes) -> Envelope | EnvelopeProblem:
-    """Parse the outer request body (spec section 2); every defect is a problem, never a crash."""
+    """Parse the outer request body (section 2); every defect is a problem, never a crash."""
     try:
         outer = _DECODER.decode(body.decode("utf-8"))
     except (ValueError, RecursionError):
@@ -124,7 +125,7 @@ def _english(status: GatewayStatus) -> str:
 
 
 def credit_detail_reply(view: OrderView, flavour: ReplyFlavour) -> dict[str, Any]:
-    """CreditDetail/QueryTrade's inner reply for one order (spec section 4).
+    """CreditDetail/QueryTrade's inner reply for one order (section 4).
 
     JSON: ``{"RtnMsg": "", "RtnValue": {TradeID, Amount, ClsAmt, AuthTime, Status},
     "CloseData": {} | [rows]}`` with no ``RtnCode`` on success. AIO: lower-case keys and
@@ -178,7 +179,7 @@ def query_trade_reply(
     keys_by_kind: bool,
     one_time_card_info: bool,
 ) -> dict[str, Any]:
-    """Cashier/QueryTrade's inner reply (spec section 5): the order and how it was paid.
+    """Cashier/QueryTrade's inner reply (section 5): the order and how it was paid.
 
     Instalments show ``PaymentType`` ``Credit_CreditCard3`` and ``CardInfo.Stage`` 3 with the
     first (``Stast``) and each later (``Staed``) instalment, bonus points ``RedDan`` /
