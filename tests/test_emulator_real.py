@@ -521,7 +521,8 @@ def test_cashier_reply_shapes(kind: PaymentKind, by_kind: bool, one_time_card_in
     if kind is PaymentKind.ONE_TIME and not one_time_card_info:
         assert set(reply) == top  # as ECPay's recorded one-time record [OBS]
         return
-    assert set(reply) == top | {"CardInfo"}
+    assert set(reply) == top | {"CardInfo", "CoBrandingInfo"}
+    assert reply["CoBrandingInfo"] == []
     card = reply["CardInfo"]
     if not by_kind:
         assert set(card) == CARD | STAGES | REDEEM

@@ -43,6 +43,7 @@ from ._state import Ledger, OrderView, _Merchant, _Order
 from ._wire import (
     DECRYPT_FAIL,
     STALE_TIMESTAMP,
+    TRANS_MESSAGES,
     EnvelopeProblem,
     credit_detail_reply,
     echo,
@@ -650,7 +651,8 @@ class Emulator:
         if fault is Fault.SERVER_ERROR_BEFORE_APPLY:
             return _status_reply(rule.status_code)
         code = self.settings.bad_envelope_trans_code if rule.trans_code is None else rule.trans_code
-        body = _dumps(self._outer(merchant_id, code, "TransCode error (fault)", ""))
+        message = TRANS_MESSAGES.get(code, "TransCode error (fault)")
+        body = _dumps(self._outer(merchant_id, code, message, ""))
         return _Reply(self.settings.envelope_error_http_status, body)
 
     def _dispatch(self, got: _Received) -> _Outcome:
@@ -737,9 +739,9 @@ class Emulator:
     def _query_trade(self, got: _Received) -> _Outcome:
         """Cashier/QueryTrade (section 5): the order and its payment kind."""
         found = self._lookup(got, need_trade_no=False)
-        merchant_echo = {"MerchantID": echo(got.inner.get("MerchantID"))}
         if isinstance(found, Refusal):
-            return self._refuse(found, merchant_echo)
+            # Only RtnCode and RtnMsg, as ECPay's recorded refusals of this endpoint [OBS].
+            return self._refuse(found, {})
         view = self._ledger.view(found)
         settings = self.settings
         reply = query_trade_reply(

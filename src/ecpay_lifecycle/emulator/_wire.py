@@ -27,6 +27,7 @@ from ._state import TAIPEI, OrderView
 __all__ = [
     "DECRYPT_FAIL",
     "STALE_TIMESTAMP",
+    "TRANS_MESSAGES",
     "Envelope",
     "EnvelopeProblem",
     "aio_time",
@@ -43,6 +44,13 @@ __all__ = [
 DECRYPT_FAIL = (110, "The parameter [Data] decrypt fail.")
 #: ECPay's ``(TransCode, TransMsg)`` for a Timestamp outside the 10 minutes (R20), as observed.
 STALE_TIMESTAMP = (104, "Timestamp is over 10 minutes")
+#: ECPay's TransMsg for each TransCode it was seen to answer [OBS]; ``Fault.TRANS_CODE_ERROR``
+#: answers with these (128 "System exception" was seen once, transiently: section 2).
+TRANS_MESSAGES = {
+    DECRYPT_FAIL[0]: DECRYPT_FAIL[1],
+    STALE_TIMESTAMP[0]: STALE_TIMESTAMP[1],
+    128: "System exception",
+}
 
 #: How many instalments an emulated instalment order has (``Credit_CreditCard3``).
 _STAGES = 3
@@ -186,7 +194,7 @@ def query_trade_reply(
     ``RedDeAmt`` > 0, UnionPay ``PaymentType`` "UnionPay"; ``OrderInfo.RefundAmount`` is the total
     refunded so far. ``keys_by_kind`` leaves out the ``CardInfo`` keys that do not apply, as
     ECPay's records do [OBS]; without ``one_time_card_info`` a one-time order has no
-    ``CardInfo`` at all, as ECPay's recorded one-time record [OBS].
+    ``CardInfo`` (nor ``CoBrandingInfo``) at all, as ECPay's recorded one-time record [OBS].
     """
     kind = view.kind
     if kind is PaymentKind.INSTALLMENT:
@@ -231,6 +239,8 @@ def query_trade_reply(
         redeemed = max(1, view.amount // 10) if kind is PaymentKind.BONUS else 0
         card |= {"RedDan": redeemed * 10, "RedDeAmt": redeemed, "RedOkAmt": view.amount - redeemed}
     reply["CardInfo"] = card
+    # ECPay's records that carry a CardInfo also carry an (empty) CoBrandingInfo [OBS].
+    reply["CoBrandingInfo"] = []
     return reply
 
 
