@@ -52,7 +52,7 @@ from ._exceptions import (
     JournalError,
     OwnershipLost,
 )
-from ._journal import Claim, OperationRecord, arbitrate, check_record, check_text
+from ._journal import Claim, ClaimStatus, OperationRecord, arbitrate, check_record, check_text
 from ._locks import ProcessOrderLocks
 from ._models import check_aware
 
@@ -596,7 +596,22 @@ class _Operations:
         new, created = arbitrate(None, record, now)
         assert created is not None  # arbitrate always writes a record nobody holds
 
+        # A claimer renewing the record it holds (the engine's claim under the order's lock):
+        # decided as if the stored record were that one, and written only if it still is, in
+        # one conditional UPDATE. Anything else falls through to the full decision.
+        renewal: tuple[Claim, dict[str, object]] | None = None
+        if record.revision > 0:
+            claim, write = arbitrate(record, record, now)
+            if claim.status is ClaimStatus.OWNER and write is not None:
+                values = self.values(write)
+                values["expected"] = record.revision
+                renewal = claim, values
+
         def program(_retried: bool) -> _Program[Claim]:
+            if renewal is not None:
+                updated = yield _Sql(self._sql_save, renewal[1])
+                if updated.rowcount == 1:
+                    return renewal[0]
             inserted = yield _Sql(self._sql_insert, self.values(created))
             if inserted.rowcount == 1:
                 return new
@@ -848,7 +863,8 @@ class PostgresJournal:
         many simultaneous claimers owns a key (R23).
 
         A new key is one ``INSERT ... ON CONFLICT DO NOTHING`` of what :func:`arbitrate` gives
-        a key nobody holds (the unique key makes it atomic); a key that exists is locked
+        a key nobody holds (the unique key makes it atomic); an owner renewing the record it
+        holds is one ``UPDATE`` conditional on its revision; otherwise the row is locked
         (``SELECT ... FOR UPDATE``), decided and written in one transaction. A connection lost
         mid-claim is retried once on another: the same owner claiming again is its own
         renewal, so a claim that did commit is not refused as busy."""
