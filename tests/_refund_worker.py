@@ -128,9 +128,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-async def run_async(
-    url: str, conninfo: str, order: str, amount: int, key: str, clock: Any
-) -> int:
+async def run_async(url: str, conninfo: str, order: str, amount: int, key: str, clock: Any) -> int:
     answer: dict[str, Any] = {}
     async with (
         AsyncPostgresJournal(conninfo) as journal,
