@@ -232,9 +232,9 @@ def query_trade_reply(
     }
     if kind is PaymentKind.INSTALLMENT or not keys_by_kind:
         stages = _STAGES if kind is PaymentKind.INSTALLMENT else 0
-        each = view.amount // _STAGES if stages else 0
-        card |= {"Stage": stages, "Stast": view.amount - each * (stages - 1) if stages else 0}
-        card["Staed"] = each
+        each = view.amount // stages if stages else 0
+        first = view.amount - each * (stages - 1) if stages else 0  # the first takes the rest
+        card |= {"Stage": stages, "Stast": first, "Staed": each}
     if kind is PaymentKind.BONUS or not keys_by_kind:
         redeemed = max(1, view.amount // 10) if kind is PaymentKind.BONUS else 0
         card |= {"RedDan": redeemed * 10, "RedDeAmt": redeemed, "RedOkAmt": view.amount - redeemed}
