@@ -52,6 +52,7 @@ class World:
             Credentials(MID, KEY, IV),
             transport=httpx.MockTransport(self.handler),
             clock=self.emulator.clock,
+            rate_limit_pause=0,  # a 403 here only stops a plan after E; the next call goes out
         )
 
     def handler(self, request: httpx.Request) -> httpx.Response:

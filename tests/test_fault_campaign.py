@@ -39,6 +39,7 @@ from ecpay_lifecycle import (
     OrderSnapshot,
     OutcomeUnknown,
     PaymentKind,
+    RateLimited,
     RuleViolation,
     State,
 )
@@ -177,8 +178,13 @@ def run_flow(flow: Flow, counts: collections.Counter[str]) -> None:
     flow.emulator.faults.clear()
     flow.confirming_query_fails = None
 
-    # What a shop does next: wait for the fence (R22), reconcile a locked order, then repeat
-    # the request with its key.
+    # What a shop does next: wait out a 403 the client remembers, wait for the fence (R22),
+    # reconcile a locked order, then repeat the request with its key.
+    quiet = flow.client.rate_limited_until  # a 403 on any request of the first attempt
+    if quiet is not None:
+        assert not isinstance(first, RateLimited) or first.retry_at == quiet
+        flow.emulator.set_time(quiet + dt.timedelta(seconds=1))
+        counts["waited out a 403"] += 1
     if isinstance(first, OutcomeUnknown | OrderLocked):
         if first.retry_at is not None and first.retry_at > flow.emulator.now:
             flow.emulator.set_time(first.retry_at + dt.timedelta(seconds=1))

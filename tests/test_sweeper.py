@@ -175,7 +175,11 @@ def test_the_sweeper_stops_at_http_403(emulator: Emulator) -> None:
         assert report.stopped is not None
         assert "30 minutes" in report.stopped
         assert report.reconciled == ()
-        assert len(client.sweep().reconciled) == 2  # the next run goes on
+        # The client remembers the 403: the next run sends nothing until the pause is over,
+        # then goes on.
+        assert client.sweep().reconciled == ()
+        emulator.advance(dt.timedelta(minutes=30))
+        assert len(client.sweep().reconciled) == 2
 
 
 def test_async_sweep_and_bad_limits(emulator: Emulator) -> None:

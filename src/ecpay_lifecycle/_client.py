@@ -21,7 +21,15 @@ from typing import Final, TypeVar, cast
 
 import httpx
 
-from ._engine import DEFAULT_FENCE_MARGIN, DEFAULT_LEASE, Engine, Flow, JournalCall, Reply
+from ._engine import (
+    DEFAULT_FENCE_MARGIN,
+    DEFAULT_LEASE,
+    DEFAULT_RATE_LIMIT_PAUSE,
+    Engine,
+    Flow,
+    JournalCall,
+    Reply,
+)
 from ._exceptions import ConfigurationError, EcpayError, InvalidArgumentType, RateLimited
 from ._journal import AsyncJournal, Journal, is_async_journal
 from ._models import Action, Intent, OrderSnapshot, PaymentKind, check_order_number
@@ -105,6 +113,7 @@ class _Shell:
         lease: float | dt.timedelta,
         refund_visible_at_once: bool,
         allow_stage_do_action: bool,
+        rate_limit_pause: float | dt.timedelta,
     ) -> None:
         if isinstance(self, Client) and is_async_journal(journal):
             raise ConfigurationError(
@@ -122,6 +131,7 @@ class _Shell:
             lease=lease,
             refund_visible_at_once=refund_visible_at_once,
             allow_stage_do_action=allow_stage_do_action,
+            rate_limit_pause=rate_limit_pause,
         )
         self._base_url = checked_url
         self._timeout = _check_timeout(timeout)
@@ -142,6 +152,13 @@ class _Shell:
     def fence_margin(self) -> dt.timedelta:
         """R22: the margin added to ECPay's 10-minute Timestamp window (see docs/client.md)."""
         return self._engine.fence_margin
+
+    @property
+    def rate_limited_until(self) -> dt.datetime | None:
+        """Until when this client sends nothing to ECPay, after an HTTP 403 (``None``: no 403
+        remembered, or ``rate_limit_pause=0``)."""
+        until = self._engine.quiet_until
+        return until if until is not None and self._engine.now() < until else None
 
     @property
     def clock_skew(self) -> float:
@@ -166,6 +183,9 @@ class Client(_Shell):
     ``refund_visible_at_once`` tune the safety protocol (R22, R23; see docs/client.md).
     Against ECPay's stage host, DoAction is refused unless ``allow_stage_do_action=True``
     (stage answers it only for its own test authorizations; docs/ecpay-api.md section 1).
+    After ECPay's HTTP 403 the client sends nothing to ECPay for ``rate_limit_pause`` (seconds
+    or a timedelta, default 30 minutes, ECPay's advice; 0 turns the memory off): each call
+    raises :class:`RateLimited` with ``retry_at`` before anything is recorded or sent.
     """
 
     def __init__(
@@ -182,6 +202,7 @@ class Client(_Shell):
         lease: float | dt.timedelta = DEFAULT_LEASE,
         refund_visible_at_once: bool = False,
         allow_stage_do_action: bool = False,
+        rate_limit_pause: float | dt.timedelta = DEFAULT_RATE_LIMIT_PAUSE,
     ) -> None:
         super().__init__(
             credentials,
@@ -194,6 +215,7 @@ class Client(_Shell):
             lease=lease,
             refund_visible_at_once=refund_visible_at_once,
             allow_stage_do_action=allow_stage_do_action,
+            rate_limit_pause=rate_limit_pause,
         )
         if transport is not None and not isinstance(transport, httpx.BaseTransport):
             raise InvalidArgumentType(
@@ -405,6 +427,7 @@ class AsyncClient(_Shell):
         lease: float | dt.timedelta = DEFAULT_LEASE,
         refund_visible_at_once: bool = False,
         allow_stage_do_action: bool = False,
+        rate_limit_pause: float | dt.timedelta = DEFAULT_RATE_LIMIT_PAUSE,
     ) -> None:
         super().__init__(
             credentials,
@@ -417,6 +440,7 @@ class AsyncClient(_Shell):
             lease=lease,
             refund_visible_at_once=refund_visible_at_once,
             allow_stage_do_action=allow_stage_do_action,
+            rate_limit_pause=rate_limit_pause,
         )
         if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
             raise InvalidArgumentType(

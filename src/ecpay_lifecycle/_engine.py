@@ -115,6 +115,7 @@ from ._protocol import (
 __all__ = [
     "DEFAULT_FENCE_MARGIN",
     "DEFAULT_LEASE",
+    "DEFAULT_RATE_LIMIT_PAUSE",
     "Call",
     "Effect",
     "Engine",
@@ -133,6 +134,8 @@ DEFAULT_FENCE_MARGIN: Final = dt.timedelta(seconds=300)
 #: R23: how long an owner's claim on an operation lasts without a save. Each save renews it; it
 #: only has to outlast one HTTP call, and a dead owner's operation is taken over after it.
 DEFAULT_LEASE: Final = dt.timedelta(minutes=2)
+#: After ECPay's HTTP 403 ("wait 30 minutes"), how long a client sends nothing more to ECPay.
+DEFAULT_RATE_LIMIT_PAUSE: Final = dt.timedelta(minutes=30)
 
 _KEY_MAX: Final = 255
 #: The sweeper's back-off for an attempt that stays unknown after its fence: a person must look.
@@ -451,6 +454,7 @@ class Engine:
         lease: float | dt.timedelta = DEFAULT_LEASE,
         refund_visible_at_once: bool = False,
         allow_stage_do_action: bool = False,
+        rate_limit_pause: float | dt.timedelta = DEFAULT_RATE_LIMIT_PAUSE,
     ) -> None:
         if not isinstance(credentials, Credentials):
             raise InvalidArgumentType(
@@ -470,6 +474,9 @@ class Engine:
             )
         self.fence_margin = _seconds(fence_margin, "fence_margin")
         self.lease = _seconds(lease, "lease")
+        self.rate_limit_pause = _seconds(rate_limit_pause, "rate_limit_pause")
+        #: Until when this client sends nothing to ECPay, after an HTTP 403.
+        self.quiet_until: dt.datetime | None = None
         if not self.lease:
             raise InvalidArgument("lease must be longer than zero")
         if not isinstance(allow_stage_do_action, bool):
@@ -524,6 +531,32 @@ class Engine:
         ):
             return _rules.first_batch_end_after(fence)
         return fence
+
+    def _check_quiet(self, merchant_trade_no: str | None) -> None:
+        """Refuse, before anything is recorded or sent, while ECPay's 403 is remembered."""
+        until = self.quiet_until
+        if until is not None and self.now() < until:
+            raise RateLimited(
+                f"ECPay answered HTTP 403 (calls came too fast); this client sends nothing to it "
+                f"until {until.isoformat()} (rate_limit_pause), so nothing was sent",
+                merchant_trade_no=merchant_trade_no,
+                retry_at=until,
+            )
+
+    def _remember(self, error: RateLimited) -> None:
+        """ECPay answered 403: send nothing more to it for ``rate_limit_pause``."""
+        if self.rate_limit_pause:
+            self.quiet_until = self.now() + self.rate_limit_pause
+            error.retry_at = self.quiet_until
+            _log.error(
+                "ECPay answered HTTP 403: nothing is sent to it until %s",
+                self.quiet_until.isoformat(),
+                extra={
+                    "ecpay_merchant_id": self.credentials.merchant_id,
+                    "ecpay_outcome": "rate_limited",
+                    "ecpay_retry_at": self.quiet_until.isoformat(),
+                },
+            )
 
     def order_key(self, merchant_trade_no: str) -> tuple[str, str]:
         return self.credentials.merchant_id, merchant_trade_no
@@ -695,6 +728,9 @@ class Engine:
                 call.merchant_trade_no,
                 call.key,
                 existing.owner,
+                extra=self._fields(
+                    call.merchant_trade_no, existing, intent=str(call.intent), outcome="taken_over"
+                ),
             )
         return Run(existing, owner=owner, now=self.now, lease=self.lease)
 
@@ -712,6 +748,7 @@ class Engine:
 
     def _exchange(self, request: WireRequest) -> Flow[dict[str, Any]]:
         """Send a query and open its reply. Queries move nothing, so any failure is plain."""
+        self._check_quiet(request.merchant_trade_no)
         try:
             reply = yield request
         except httpx.HTTPError as exc:
@@ -725,6 +762,9 @@ class Engine:
             )
         except ClockOutOfSync as exc:
             exc.skew_seconds = self._measure(_stamp_of(exc.raw))
+            raise
+        except RateLimited as exc:
+            self._remember(exc)
             raise
         self._measure(stamp)
         return inner
@@ -894,7 +934,7 @@ class Engine:
                 order,
                 call.intent,
                 plan.describe(),
-                extra=self._fields(order, run.record, intent=str(call.intent)),
+                extra=self._fields(order, run.record, intent=str(call.intent), outcome="planned"),
             )
             for index, step in enumerate(plan.steps):
                 current, reply = yield from self._attempt_flow(
@@ -1012,6 +1052,7 @@ class Engine:
                 retry_at=_rules.blackout_retry_at(now),
                 merchant_trade_no=order,
             )
+        self._check_quiet(order)  # before the attempt is recorded: nothing is sent after a 403
         request = build_do_action(
             self.credentials,
             merchant_trade_no=order,
@@ -1040,13 +1081,15 @@ class Engine:
         # Recorded before the request leaves (style habit 15): a crash from here on leaves an
         # open attempt that locks the order until resolved by R22.
         yield from run.sending(attempt)
-        fields = self._fields(order, run.record, action=action.value, amount=amount)
+        fields = self._fields(
+            order, run.record, action=action.value, amount=amount, attempt=attempt.attempt
+        )
         _log.info(
             "order %s: sending %s (attempt %d)",
             order,
             label,
             attempt.attempt,
-            extra={**fields, "ecpay_attempt": attempt.attempt, "ecpay_outcome": "sending"},
+            extra={**fields, "ecpay_outcome": "sending"},
         )
         try:
             return (
@@ -1096,7 +1139,8 @@ class Engine:
                 )
                 self._measure(stamp)
                 reply = parse_do_action(inner, request=request)
-            except RateLimited:
+            except RateLimited as exc:
+                self._remember(exc)
                 yield from run.resolve(AttemptStatus.NOT_DONE, note="not processed: HTTP 403")
                 raise
             except _REJECTED_UNPROCESSED as exc:
@@ -1162,6 +1206,7 @@ class Engine:
                 run.record,
                 action=attempt.action.value,
                 amount=attempt.amount,
+                attempt=attempt.attempt,
                 outcome="lost",
             ),
         )
@@ -1563,7 +1608,18 @@ def _release(run: Run) -> Flow[None]:
     try:
         yield from run.release()
     except EcpayError as exc:
-        _log.warning("could not release operation %r: %s", run.record.key, exc)
+        record = run.record
+        _log.warning(
+            "could not release operation %r: %s",
+            record.key,
+            exc,
+            extra={
+                "ecpay_merchant_id": record.merchant_id,
+                "ecpay_order": record.merchant_trade_no,
+                "ecpay_key": record.key if record.caller_key else None,
+                "ecpay_outcome": "release_failed",
+            },
+        )
 
 
 def _stamp_of(raw: object) -> int | None:

@@ -227,9 +227,24 @@ class TransportError(EcpayError):
 
 
 class RateLimited(EcpayError):
-    """HTTP 403: calls came too fast. ECPay asks to wait 30 minutes; never retried."""
+    """HTTP 403: calls came too fast. ECPay asks to wait 30 minutes; never retried.
+
+    The client remembers it: until ``retry_at`` (the 403 plus the client's ``rate_limit_pause``,
+    30 minutes by default) it refuses every call to ECPay with this error before anything is
+    sent, rather than sending into another 403.
+    """
 
     retry_after_seconds = 30 * 60
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        merchant_trade_no: str | None = None,
+        retry_at: _dt.datetime | None = None,
+    ) -> None:
+        super().__init__(message, merchant_trade_no=merchant_trade_no)
+        self.retry_at = retry_at
 
 
 class EnvelopeRejected(EcpayError):
