@@ -23,7 +23,7 @@ from ._settings import (
     ReplyFlavour,
     UrlEncoding,
 )
-from ._state import CloseRowView, OrderView
+from ._state import CloseRowView, MerchantView, OrderView
 
 __all__ = [
     "DEFAULT_REFUSALS",
@@ -37,6 +37,7 @@ __all__ = [
     "FaultRule",
     "Faults",
     "Landing",
+    "MerchantView",
     "OrderView",
     "Refusal",
     "RefusalReply",

@@ -18,6 +18,8 @@ become what a real server can do (hang, cut the reply short, answer 5xx/403). Ad
   "after_do_action"?}`` (names or values of the enums); ``DELETE`` disarms all
 - ``GET /_emulator/landings`` -> the DoActions in flight (``Fault.LATE_APPLY``)
 - ``GET /_emulator/events`` -> the event log
+- ``GET /`` -> the console, a page for people (:mod:`._console`, with its read-only routes
+  ``GET /_emulator/merchants``, ``/orders``, ``/faults`` and ``/overview?since=N``)
 
 Bad admin input answers 400 with ``{"error": message}``; nothing changes.
 """
@@ -71,10 +73,16 @@ async def serve(emulator: Emulator, scope: Mapping[str, Any], receive: Receive, 
     if body is None:
         await _send(send, 413, b"Payload Too Large", "text/plain; charset=utf-8")
         return
+    from . import _console  # noqa: PLC0415  # the console builds on this module's JSON helpers
+
     if path.startswith(_ADMIN):
-        status, payload = _admin(emulator, method, path[len(_ADMIN) :], body)
+        route = path[len(_ADMIN) :]
+        read = _console.read_route(emulator, method, route, scope.get("query_string", b""))
+        status, payload = read if read is not None else _admin(emulator, method, route, body)
         content = b"" if payload is None else json.dumps(payload, ensure_ascii=False).encode()
         await _send(send, status, content, "application/json")
+        return
+    if await _console.send_asset(send, method, path):  # GET /: the console's page and files
         return
     await _gateway(emulator, method, path, body, send)
 

@@ -39,7 +39,7 @@ from ecpay_lifecycle._models import (
 from ._events import Event, EventKind, Landing
 from ._faults import Endpoint, Fault, FaultRule, Faults
 from ._settings import EmulatorSettings, Refusal
-from ._state import Ledger, OrderView, _Merchant, _Order
+from ._state import Ledger, MerchantView, OrderView, _Merchant, _Order
 from ._wire import (
     DECRYPT_FAIL,
     STALE_TIMESTAMP,
@@ -317,6 +317,19 @@ class Emulator:
             self._ledger.set_status(self._ledger.order(merchant_id, merchant_trade_no), status)
 
     # -- inspection --------------------------------------------------------------------------
+
+    def merchants(self) -> tuple[MerchantView, ...]:
+        """Views of every merchant, in the order they were added (no HashKey or HashIV)."""
+        with self._lock:
+            return tuple(
+                MerchantView(
+                    merchant_id=merchant.merchant_id,
+                    auto_close=merchant.auto_close,
+                    balance=merchant.balance,
+                    platform_id=merchant.platform_id,
+                )
+                for merchant in self._ledger.merchants.values()
+            )
 
     def order(self, merchant_id: str, merchant_trade_no: str) -> OrderView:
         """A frozen view of one order; an unknown order raises :class:`InvalidArgument`."""

@@ -35,7 +35,7 @@ from ._events import EventKind
 from ._reply_codec import ReplyCodec
 from ._settings import EmulatorSettings, Refusal
 
-__all__ = ["HISTORY", "TAIPEI", "CloseRowView", "Ledger", "OrderView"]
+__all__ = ["HISTORY", "TAIPEI", "CloseRowView", "Ledger", "MerchantView", "OrderView"]
 
 #: Asia/Taipei as a fixed UTC+8 offset (no DST since 1979). Defined here rather than imported
 #: from ``_rules`` so that the emulator's rules stay independent of the library's.
@@ -60,6 +60,17 @@ class CloseRowView:
     status: GatewayStatus
     amount: int
     at: dt.datetime
+
+
+@attrs.frozen(kw_only=True)
+class MerchantView:
+    """A frozen view of one emulated merchant (:meth:`Emulator.merchants`): never its HashKey
+    or HashIV, which stay inside its codecs."""
+
+    merchant_id: str
+    auto_close: bool
+    balance: int
+    platform_id: str | None
 
 
 @attrs.frozen(kw_only=True)
