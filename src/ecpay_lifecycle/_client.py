@@ -11,6 +11,7 @@ operation) is described in ``_engine.py`` and ``docs/client.md``.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import inspect
 import json
@@ -36,7 +37,13 @@ from ._models import Action, Intent, OrderSnapshot, PaymentKind, check_order_num
 from ._outcome import Outcome, Reconciliation, SweepReport, Verdict
 from ._protocol import PRODUCTION_URL, Credentials, DoActionReply, WireRequest
 
-__all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_TIMEOUT", "AsyncClient", "Client"]
+__all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_TIMEOUT",
+    "KEEPALIVE_EXPIRY",
+    "AsyncClient",
+    "Client",
+]
 
 _log = logging.getLogger("ecpay_lifecycle")
 
@@ -46,6 +53,9 @@ DEFAULT_TIMEOUT: Final = 10.0
 #: Connections per client, all kept alive. ECPay answers bursts with HTTP 403 (wait 30 minutes),
 #: so a few reused connections serve a shop better than many short-lived ones.
 DEFAULT_MAX_CONNECTIONS: Final = 10
+#: Seconds an idle connection is kept for the next call. Long enough for a shop's sparse calls
+#: to reuse it; a connection the server closed meanwhile is noticed before reuse and replaced.
+KEEPALIVE_EXPIRY: Final = 60.0
 
 _HEADERS: Final = {
     "Content-Type": "application/json",
@@ -89,8 +99,14 @@ def _check_limit(max_connections: object) -> httpx.Limits:
     if max_connections < 1:
         raise ConfigurationError(f"max_connections must be at least 1, got {max_connections}")
     # Keep every connection alive: with fewer keep-alive slots than connections, each burst
-    # opens and drops connections (httpx's default 20 of 100 did 2,000 connects for 2,000 calls).
-    return httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    # opens and drops connections (httpx's default 20 of 100 did 2,000 connects for 2,000 calls),
+    # and for KEEPALIVE_EXPIRY: a shop's calls are sparse, and httpx's 5 s default would open a
+    # new TCP + TLS connection to ECPay for nearly every one.
+    return httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=KEEPALIVE_EXPIRY,
+    )
 
 
 def _body(request: WireRequest) -> bytes:
@@ -453,6 +469,11 @@ class AsyncClient(_Shell):
             limits=self._limits,
             headers=_HEADERS,
         )
+        # Requests beyond the pool wait here, not in httpx's pool, whose every queued request
+        # is re-examined on each change (at 50 in flight on 10 connections that cost more CPU
+        # than the requests; benchmarks/bench_wire.py). The wait has the pool's timeout.
+        self._slots = asyncio.Semaphore(self._limits.max_connections or DEFAULT_MAX_CONNECTIONS)
+        self._pool_wait = self._timeout.pool
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -480,8 +501,7 @@ class AsyncClient(_Shell):
                         if inspect.isawaitable(result):
                             result = await result
                     else:
-                        response = await self._http.post(effect.path, content=_body(effect))
-                        result = Reply(response.status_code, response.content)
+                        result = await self._post(effect)
                 except BaseException as exc:  # the flow decides what each means
                     effect = flow.throw(exc)
                 else:
@@ -490,6 +510,20 @@ class AsyncClient(_Shell):
             return cast(_T, stop.value)
         finally:
             flow.close()
+
+    async def _post(self, request: WireRequest) -> Reply:
+        try:
+            async with asyncio.timeout(self._pool_wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise httpx.PoolTimeout(
+                f"no connection to ECPay free within {self._pool_wait} s (max_connections)"
+            ) from None
+        try:
+            response = await self._http.post(request.path, content=_body(request))
+        finally:
+            self._slots.release()
+        return Reply(response.status_code, response.content)
 
     async def _drive_locked(self, merchant_trade_no: str, flow: Flow[_T]) -> _T:
         async with self.journal.locks.ahold(*self._lock_key(merchant_trade_no)):

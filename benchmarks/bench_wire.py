@@ -1,0 +1,241 @@
+"""AsyncClient at the wire's pace (issue 12 item 5): CPU per request and throughput over real
+loopback TCP with 50 ms of latency per request, at 10 and 50 requests in flight.
+
+Run: ``.venv/bin/python benchmarks/run.py wire``. The server is a small stdlib asyncio HTTP/1.1
+keep-alive server in a process of its own (so its CPU is not counted), answering every POST with
+one valid CreditDetail reply after 50 ms. Figures, all measured in the same run:
+
+* CPU per request of ``AsyncClient.query`` (TradeNo and kind known: one request a call) over TCP,
+  against the same call through ``httpx.MockTransport`` (the client's own cost, no network).
+  Target: at most 1.5x.
+* Throughput against the lesser of the ideal (in flight / latency, one request a flow) and the
+  pool's cap (``max_connections`` / latency), beside bare ``httpx.AsyncClient`` posts with the
+  same pool. Target: within 1.5x of that bound.
+* Connections the server accepted: the pool keeps its ``max_connections`` and reuses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import multiprocessing
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+
+from ecpay_lifecycle import TAIPEI, AsyncClient, Credentials, PaymentKind
+from ecpay_lifecycle._client import DEFAULT_MAX_CONNECTIONS
+from ecpay_lifecycle._protocol import CREDIT_DETAIL_PATH
+
+MID = "3002607"
+KEY = "ejCk326UnaZWKisg"
+IV = "q9jcZX8Ib9LM8wYk"
+NOW = dt.datetime(2026, 8, 1, 10, 0, tzinfo=TAIPEI)
+LATENCY = 0.05
+TRADE_NO = "2608010930521234"
+
+
+def canned_reply() -> bytes:
+    credentials = Credentials(MID, KEY, IV)
+    inner = {
+        "RtnMsg": "",
+        "RtnValue": {
+            "TradeID": 14521552,
+            "Amount": 1000,
+            "ClsAmt": 0,
+            "AuthTime": "2026/08/01 09:30:52",
+            "Status": "Authorized",
+        },
+        "CloseData": {},
+    }
+    outer = {
+        "MerchantID": MID,
+        "RpHeader": {"Timestamp": int(NOW.timestamp())},
+        "TransCode": 1,
+        "TransMsg": "Success",
+        "Data": credentials.codec.encrypt(inner),
+    }
+    return json.dumps(outer, separators=(",", ":")).encode()
+
+
+def _serve(port_out: multiprocessing.connection.Connection, body: bytes, latency: float) -> None:
+    """The server process: answer every POST with ``body`` after ``latency`` seconds; count
+    accepted connections (reported on request through the pipe)."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(
+        body
+    )
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            while True:
+                request_head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in request_head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                await asyncio.sleep(latency)
+                writer.write(head + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        nonlocal connections
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port_out.send(server.sockets[0].getsockname()[1])
+        loop = asyncio.get_running_loop()
+        while True:
+            message = await loop.run_in_executor(None, port_out.recv)
+            if message == "count":
+                port_out.send(connections)
+            elif message == "reset":
+                connections = 0
+                port_out.send(0)
+            else:
+                break
+        server.close()
+
+    asyncio.run(main())
+
+
+class Server:
+    def __init__(self, body: bytes, latency: float) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._pipe, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child, body, latency), daemon=True)
+        self._process.start()
+        if not self._pipe.poll(30):
+            raise RuntimeError("the wire benchmark's server did not start")
+        self.port: int = self._pipe.recv()
+
+    def ask(self, message: str) -> int:
+        self._pipe.send(message)
+        if not self._pipe.poll(30):
+            raise RuntimeError("the wire benchmark's server did not answer")
+        value: int = self._pipe.recv()
+        return value
+
+    def stop(self) -> None:
+        self._pipe.send("stop")
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+async def _run(call: Callable[[], Awaitable[object]], in_flight: int, total: int) -> float:
+    """Run ``total`` calls with ``in_flight`` at a time; return the seconds it took."""
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await call()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    return time.perf_counter() - start
+
+
+def _measure(
+    make: Callable[[], tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]],
+    in_flight: int,
+    total: int,
+) -> tuple[float, float]:
+    """(CPU seconds per request, requests per second) of ``total`` calls after a warm-up."""
+
+    async def go() -> tuple[float, float]:
+        call, close = make()
+        try:
+            await _run(call, in_flight, in_flight)  # warm-up: the pool's connections
+            cpu = time.process_time()
+            wall = await _run(call, in_flight, total)
+            cpu = time.process_time() - cpu
+        finally:
+            await close()
+        return cpu / total, total / wall
+
+    return asyncio.run(go())
+
+
+def main(quick: bool) -> None:
+    body = canned_reply()
+    credentials = Credentials(MID, KEY, IV)
+    clock = lambda: NOW  # noqa: E731 - a fixed clock: the canned reply's Timestamp
+    server = Server(body, LATENCY)
+    url = f"http://127.0.0.1:{server.port}"
+    try:
+        for in_flight in (10, 50):
+            total = (60 if quick else 400) if in_flight == 10 else (100 if quick else 1000)
+
+            def client_over(
+                transport: httpx.AsyncBaseTransport | None, base: str
+            ) -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
+                client = AsyncClient(credentials, base_url=base, transport=transport, clock=clock)
+
+                async def call() -> object:
+                    return await client.query("A1", trade_no=TRADE_NO, kind=PaymentKind.ONE_TIME)
+
+                return call, client.aclose
+
+            async def canned(_request: httpx.Request) -> httpx.Response:
+                return httpx.Response(200, content=body)
+
+            def bare() -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
+                limits = httpx.Limits(
+                    max_connections=DEFAULT_MAX_CONNECTIONS,
+                    max_keepalive_connections=DEFAULT_MAX_CONNECTIONS,
+                )
+                http = httpx.AsyncClient(base_url=url, limits=limits)
+                data = json.dumps({"MerchantID": MID, "Data": "x" * 88}).encode()
+
+                async def call() -> object:
+                    return (await http.post(CREDIT_DETAIL_PATH, content=data)).content
+
+                return call, http.aclose
+
+            mock_cpu, _ = _measure(
+                lambda: client_over(httpx.MockTransport(canned), "https://ecpayment.ecpay.com.tw"),
+                in_flight,
+                total,
+            )
+            server.ask("reset")
+            tcp_cpu, tcp_rate = _measure(lambda: client_over(None, url), in_flight, total)
+            opened = server.ask("count")
+            bare_cpu, bare_rate = _measure(bare, in_flight, total)
+            ideal = in_flight / LATENCY
+            cap = DEFAULT_MAX_CONNECTIONS / LATENCY
+            bound = min(ideal, cap)
+            cpu_ratio = tcp_cpu / mock_cpu
+            pace = bound / tcp_rate
+            print(
+                f"  {in_flight} in flight, {total} queries over TCP with {LATENCY * 1000:.0f} ms "
+                f"latency: CPU {tcp_cpu * 1e3:.2f} ms a request vs {mock_cpu * 1e3:.2f} ms "
+                f"through MockTransport = {cpu_ratio:.2f}x (target <= 1.5x) "
+                f"[{'ok' if cpu_ratio <= 1.5 else 'OVER TARGET'}]; bare httpx "
+                f"{bare_cpu * 1e3:.2f} ms",
+                flush=True,
+            )
+            print(
+                f"  {in_flight} in flight: {tcp_rate:.0f} requests/s against a bound of "
+                f"{bound:.0f}/s (ideal {ideal:.0f}, pool cap {cap:.0f}) = {pace:.2f}x below it "
+                f"(target <= 1.5x) [{'ok' if pace <= 1.5 else 'OVER TARGET'}]; bare httpx "
+                f"{bare_rate:.0f}/s; connections opened {opened} "
+                f"(max_connections {DEFAULT_MAX_CONNECTIONS})",
+                flush=True,
+            )
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main(quick=False)
