@@ -209,20 +209,20 @@
     const rows = faults.map((f) =>
       el("tr", { dataset: { fault: f.fault, id: f.id } },
         el("td", {}, f.id),
-        el("td", {}, f.fault),
+        el("td", { title: applied(f.fault) ? "the request is processed" : "the request is not processed" },
+          f.fault + (applied(f.fault) ? " (applied)" : "")),
         el("td", {}, f.endpoint || "any"),
         el("td", {}, f.action || "any"),
         el("td", {}, f.merchant_trade_no || "any"),
-        el("td", {}, (f.remaining === null ? "until cleared" : f.remaining) + (f.dormant ? " (waits for a DoAction)" : "")),
-        el("td", {}, applied(f.fault))));
+        el("td", {}, (f.remaining === null ? "until cleared" : f.remaining) + (f.dormant ? " (waits for a DoAction)" : ""))));
     const body = document.getElementById("fault-rows");
     body.replaceChildren(...rows);
-    if (!rows.length) body.append(el("tr", {}, el("td", { colspan: 7, className: "empty" }, "No fault armed.")));
+    if (!rows.length) body.append(el("tr", {}, el("td", { colspan: 6, className: "empty" }, "No fault armed.")));
   }
 
   function applied(value) {
     const fault = last && last.choices.faults.find((f) => f.value === value);
-    return fault && fault.applies_change ? "yes" : "no";
+    return Boolean(fault && fault.applies_change);
   }
 
   function renderLandings(landings) {
@@ -337,6 +337,7 @@
       act("Cleared every fault", "DELETE", "faults"));
   }
 
+  document.getElementById("base-url").textContent = window.location.origin;
   wire();
   poll();
 })();
