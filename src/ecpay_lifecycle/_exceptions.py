@@ -13,6 +13,7 @@ ever carries a HashKey or HashIV.
     │   ├── ConfigurationError                wrong key length, DoAction against stage, ...
     │   └── NotCreditCardOrder                paid by ATM, CVS, ...: DoAction cannot apply
     ├── InvalidArgumentType (TypeError)       a value of the wrong type (bool or float amount, ...)
+    │   └── SecretNotSerialisable             pickle or copy of Credentials: secrets stay put
     ├── RuleViolation                         the planner refuses; .rule, .retry_at
     │   └── RefundExceedsCaptured (InvalidAmount)   R10: more than is still captured
     ├── CodecError                            R1: Data cannot be decrypted or parsed
@@ -63,6 +64,7 @@ __all__ = [
     "RefundExceedsCaptured",
     "ReplyMismatch",
     "RuleViolation",
+    "SecretNotSerialisable",
     "ServiceNotEnabled",
     "TransportError",
     "UnknownStatusError",
@@ -138,6 +140,12 @@ class NotCreditCardOrder(InvalidArgument):
 
 class InvalidArgumentType(EcpayError, TypeError):
     """The caller passed a value of the wrong type (a bool or float amount, a str datetime, ...)."""
+
+
+class SecretNotSerialisable(InvalidArgumentType):
+    """``pickle`` or ``copy`` of something that holds a HashKey or HashIV (:class:`Credentials`,
+    :class:`AesCodec`, a client). A pickle would carry the secrets in the clear to wherever it
+    goes; build :class:`Credentials` from the environment in each process instead."""
 
 
 class RuleViolation(EcpayError):
