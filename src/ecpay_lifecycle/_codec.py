@@ -15,14 +15,29 @@ from __future__ import annotations
 import binascii
 import json
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, NoReturn, SupportsIndex, TypeVar
 
 from Crypto.Cipher import AES
 
-from ._exceptions import CodecError, ConfigurationError, InvalidArgumentType
+from ._exceptions import (
+    CodecError,
+    ConfigurationError,
+    EcpayError,
+    InvalidArgumentType,
+    SecretNotSerialisable,
+)
 
-__all__ = ["AesCodec", "php_urlencode", "url_decode"]
+__all__ = [
+    "AesCodec",
+    "Secret",
+    "key_problem",
+    "not_serialisable",
+    "php_urlencode",
+    "url_decode",
+]
+
+_T = TypeVar("_T")
 
 _BLOCK = 16
 _PADS = tuple(bytes([n]) * n for n in range(_BLOCK + 1))
@@ -93,19 +108,75 @@ def url_decode(quoted: bytes) -> bytes:
     return b"".join(out)
 
 
-def _key_bytes(value: object, field: str) -> bytes:
-    """The 16 bytes of a HashKey or HashIV; the message names the length, never the value."""
+class Secret(Generic[_T]):
+    """A value nothing may show: a HashKey, a HashIV, their bytes, or an argument that may be one.
+
+    ``repr`` and ``str`` are ``<hidden>``. The value lives in a closure, not in an attribute, so a
+    traceback printed with its locals (pytest ``--showlocals``, Sentry) or a tool that walks their
+    attributes does not reach it; :meth:`reveal` is the one way out. ``pickle`` and ``copy``
+    raise :class:`SecretNotSerialisable`. Secrets compare by value.
+    """
+
+    __slots__ = ("_value",)
+    _value: Callable[[], _T]
+
+    def __init__(self, value: _T | Secret[_T]) -> None:
+        if isinstance(value, Secret):
+            self._value = value._value
+            return
+
+        def held() -> _T:
+            return value
+
+        self._value = held
+
+    def reveal(self) -> _T:
+        """The value itself; keep it out of named locals of a frame that may raise."""
+        return self._value()
+
+    def __repr__(self) -> str:
+        return "<hidden>"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return bool(self._value() == other._value())
+
+    def __hash__(self) -> int:
+        return hash(self._value())
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        raise not_serialisable("a HashKey or HashIV")
+
+
+def not_serialisable(holder: str) -> SecretNotSerialisable:
+    """The error ``pickle`` and ``copy`` of ``holder`` raise, saying why and what to do instead."""
+    return SecretNotSerialisable(
+        f"{holder} cannot be pickled or copied: secrets are never serialised (a pickle would "
+        "carry the HashKey and HashIV in the clear); build Credentials from the environment in "
+        "each process instead"
+    )
+
+
+def key_problem(given: Secret[Any], field: str) -> EcpayError | None:
+    """What is wrong with a HashKey or HashIV (exactly 16 bytes; a ``str`` must be ASCII, R1), or
+    ``None``. The error is returned, not raised, so that no frame holding the value is in its
+    traceback; its message names ``field`` and the length, never the value."""
+    value = given.reveal()
     if isinstance(value, str):
         if not value.isascii():
-            raise ConfigurationError(f"{field} must be ASCII text (R1)")
-        value = value.encode("ascii")
-    elif isinstance(value, bytearray):
-        value = bytes(value)
-    elif not isinstance(value, bytes):
-        raise InvalidArgumentType(f"{field} must be str or bytes, not {type(value).__name__}")
+            return ConfigurationError(f"{field} must be ASCII text (R1)")
+    elif not isinstance(value, bytes | bytearray):
+        return InvalidArgumentType(f"{field} must be str or bytes, not {type(value).__name__}")
     if len(value) != _BLOCK:
-        raise ConfigurationError(f"{field} must be exactly 16 bytes (R1), got {len(value)}")
-    return value
+        return ConfigurationError(f"{field} must be exactly 16 bytes (R1), got {len(value)}")
+    return None
+
+
+def _key_bytes(given: Secret[Any]) -> Secret[bytes]:
+    """The 16 bytes of a HashKey or HashIV that :func:`key_problem` accepted."""
+    value = given.reveal()
+    return Secret(value.encode("ascii") if isinstance(value, str) else bytes(value))
 
 
 def _reject_constant(name: str) -> Any:
@@ -120,20 +191,34 @@ class AesCodec:
     """Encrypts and decrypts ECPay's ``Data`` field with one merchant's HashKey and HashIV (R1).
 
     Construction validates the key and IV (exactly 16 bytes; a ``str`` must be ASCII) and raises
-    :class:`ConfigurationError` otherwise. Neither ever appears in ``repr``, ``str`` or an error
-    message. Instances hold no per-message state and may be shared between threads.
+    :class:`ConfigurationError` otherwise. Neither ever appears in ``repr``, ``str``, an error
+    message or the locals of a frame in an error's traceback; ``pickle`` and ``copy`` raise
+    :class:`SecretNotSerialisable`. Instances hold no per-message state and may be shared
+    between threads.
     """
 
     __slots__ = ("_ecb", "_iv", "_key")
 
-    def __init__(self, hash_key: str | bytes, hash_iv: str | bytes) -> None:
-        self._key = _key_bytes(hash_key, "hash_key")
-        self._iv = _key_bytes(hash_iv, "hash_iv")
+    def __init__(
+        self, hash_key: str | bytes | Secret[Any], hash_iv: str | bytes | Secret[Any]
+    ) -> None:
+        # The arguments leave this frame's locals before anything is checked: a traceback printed
+        # with its locals would show them when one of them is refused.
+        key, iv = Secret(hash_key), Secret(hash_iv)
+        del hash_key, hash_iv
+        problem = key_problem(key, "hash_key") or key_problem(iv, "hash_iv")
+        if problem is not None:
+            raise problem
+        self._key = _key_bytes(key)
+        self._iv = _key_bytes(iv)
         # ECB objects are stateless, so one is built here and reused by decrypt() below.
-        self._ecb = AES.new(self._key, AES.MODE_ECB)
+        self._ecb = AES.new(self._key.reveal(), AES.MODE_ECB)
 
     def __repr__(self) -> str:
         return "AesCodec(hash_key=<hidden>, hash_iv=<hidden>)"
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        raise not_serialisable("AesCodec")
 
     def encrypt(self, payload: Mapping[str, Any]) -> str:
         """The base64 ``Data`` for ``payload``, byte-for-byte what ECPay's examples produce (R1).
@@ -152,7 +237,7 @@ class AesCodec:
             raise CodecError(f"payload is not JSON-serialisable: {exc}") from exc
         plain = php_urlencode(raw)
         plain += _PADS[_BLOCK - len(plain) % _BLOCK]
-        cipher = AES.new(self._key, AES.MODE_CBC, iv=self._iv).encrypt(plain)
+        cipher = AES.new(self._key.reveal(), AES.MODE_CBC, iv=self._iv.reveal()).encrypt(plain)
         return binascii.b2a_base64(cipher, newline=False).decode("ascii")
 
     def decrypt(self, data: str) -> dict[str, Any]:
@@ -171,10 +256,12 @@ class AesCodec:
         if size == 0 or size % _BLOCK:
             raise CodecError(f"Data is {size} bytes, not a positive multiple of 16 (R1)")
         # CBC decryption is P_i = D(C_i) xor C_(i-1) with C_0 = IV: one ECB call over the whole
-        # message and one XOR, instead of building a CBC object per message.
-        mixed = self._ecb.decrypt(cipher)
-        chain = self._iv + cipher[:-_BLOCK]
-        plain = (int.from_bytes(mixed) ^ int.from_bytes(chain)).to_bytes(size)
+        # message and one XOR, instead of building a CBC object per message. Neither D(C) nor
+        # the IV gets a name: a traceback's locals would show the IV, or D(C) xor P would.
+        plain = (
+            int.from_bytes(self._ecb.decrypt(cipher))
+            ^ int.from_bytes(self._iv.reveal() + cipher[:-_BLOCK])
+        ).to_bytes(size)
         pad = plain[-1]
         if not 1 <= pad <= _BLOCK or not plain.endswith(_PADS[pad]):
             raise CodecError("Data has bad PKCS7 padding: wrong HashKey/HashIV or tampered (R1)")
