@@ -17,15 +17,16 @@ import json
 import re
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn, SupportsIndex, cast
 
 import attrs
 
-from ._codec import AesCodec
+from ._codec import AesCodec, Secret, key_problem, not_serialisable
 from ._exceptions import (
     ClockOutOfSync,
     CodecError,
     ConfigurationError,
+    EcpayError,
     EnvelopeRejected,
     GatewayRefused,
     InvalidArgument,
@@ -137,43 +138,97 @@ def is_stage(base_url: str) -> bool:
 # -- credentials ------------------------------------------------------------------------------
 
 
-def _validate_merchant_id(_inst: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+def _id_problem(given: Secret[object], field: str) -> EcpayError | None:
+    """What is wrong with a MerchantID or PlatformID, or ``None``; never the value, since
+    arguments swapped by mistake put a HashKey here. Returned, not raised, so that no frame
+    holding the value is in the error's traceback."""
+    value = given.reveal()
     if not isinstance(value, str):
-        raise InvalidArgumentType(f"{attribute.name} must be a str, not {type(value).__name__}")
-    if attribute.name == "platform_id" and value == "":
-        return
-    if not _MERCHANT_ID.fullmatch(value):
-        raise ConfigurationError(f"{attribute.name} must be 1-10 letters or digits, got {value!r}")
+        return InvalidArgumentType(f"{field} must be a str, not {type(value).__name__}")
+    if field == "platform_id" and value == "":
+        return None
+    if _MERCHANT_ID.fullmatch(value):
+        return None
+    if len(value) == 16:
+        got = "16 characters, the length of a HashKey or HashIV: are the arguments swapped?"
+    elif 1 <= len(value) <= 10:
+        got = "a character that is not an ASCII letter or digit"
+    else:
+        got = f"{len(value)} characters"
+    return ConfigurationError(f"{field} must be 1-10 letters or digits, got {got}")
 
 
-def _validate_bool(_inst: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, bool):
-        raise InvalidArgumentType(f"{attribute.name} must be a bool, not {type(value).__name__}")
+def _bool_problem(given: Secret[object], field: str) -> EcpayError | None:
+    value = given.reveal()
+    if isinstance(value, bool):
+        return None
+    return InvalidArgumentType(f"{field} must be a bool, not {type(value).__name__}")
 
 
-def _make_codec(credentials: Credentials) -> AesCodec:
-    return AesCodec(credentials.hash_key, credentials.hash_iv)
-
-
-@attrs.frozen
+@attrs.frozen(init=False, repr=False)
 class Credentials:
     """One merchant's ECPay account: MerchantID, HashKey, HashIV and its auto-close setting.
 
-    HashKey and HashIV are checked at construction (exactly 16 ASCII bytes, R1) and never appear
-    in ``repr``, ``str`` or any error. ``platform_id`` is set only for platform merchants; the
-    outer envelope then carries it instead of ``merchant_id`` (docs/ecpay-api.md section 3).
-    ``auto_close`` is the merchant's daily auto-close setting (R5, R6, R7). ``codec`` is built once
-    and shared.
+    HashKey and HashIV are checked at construction (exactly 16 ASCII bytes, R1) and kept as
+    :class:`~ecpay_lifecycle._codec.Secret` values (``credentials.hash_key.reveal()`` gives one
+    back): they never appear in ``repr``, ``str``, an error message or the locals of a frame in
+    an error's traceback, and ``pickle`` and ``copy`` raise :class:`SecretNotSerialisable`.
+    ``platform_id`` is set only for platform merchants; the outer envelope then carries it
+    instead of ``merchant_id`` (docs/ecpay-api.md section 3). ``auto_close`` is the merchant's
+    daily auto-close setting (R5, R6, R7). ``codec`` is built once and shared.
     """
 
-    merchant_id: str = attrs.field(validator=_validate_merchant_id)
-    hash_key: str | bytes = attrs.field(repr=False)
-    hash_iv: str | bytes = attrs.field(repr=False)
-    platform_id: str = attrs.field(default="", kw_only=True, validator=_validate_merchant_id)
-    auto_close: bool = attrs.field(default=True, kw_only=True, validator=_validate_bool)
-    codec: AesCodec = attrs.field(
-        init=False, repr=False, eq=False, default=attrs.Factory(_make_codec, takes_self=True)
-    )
+    merchant_id: str
+    hash_key: Secret[str | bytes] = attrs.field(repr=False)
+    hash_iv: Secret[str | bytes] = attrs.field(repr=False)
+    platform_id: str = attrs.field(default="", kw_only=True)
+    auto_close: bool = attrs.field(default=True, kw_only=True)
+    codec: AesCodec = attrs.field(init=False, repr=False, eq=False)
+
+    def __init__(
+        self,
+        merchant_id: str,
+        hash_key: str | bytes | Secret[str | bytes],
+        hash_iv: str | bytes | Secret[str | bytes],
+        *,
+        platform_id: str = "",
+        auto_close: bool = True,
+    ) -> None:
+        # Every argument is held as a Secret before anything is checked: swapped arguments put a
+        # HashKey in any of them, and a traceback printed with its locals shows this frame's.
+        given = (merchant_id, hash_key, hash_iv, platform_id, auto_close)
+        mid, key, iv, platform, close = (Secret[object](value) for value in given)
+        del merchant_id, hash_key, hash_iv, platform_id, auto_close, given
+        problem = (
+            _id_problem(mid, "merchant_id")
+            or key_problem(key, "hash_key")
+            or key_problem(iv, "hash_iv")
+            or _id_problem(platform, "platform_id")
+            or _bool_problem(close, "auto_close")
+        )
+        if problem is not None:
+            raise problem
+        self.__attrs_init__(
+            cast("str", mid.reveal()),
+            cast("Secret[str | bytes]", key),
+            cast("Secret[str | bytes]", iv),
+            platform_id=cast("str", platform.reveal()),
+            auto_close=cast("bool", close.reveal()),
+        )
+        object.__setattr__(self, "codec", AesCodec(key, iv))
+
+    def __repr__(self) -> str:
+        # Also on an instance whose __init__ refused its arguments, whose fields are not set:
+        # a traceback printed with its locals shows it, and a repr that raised would stop that.
+        if not hasattr(self, "codec"):
+            return "Credentials(<refused>)"
+        return (
+            f"Credentials(merchant_id={self.merchant_id!r}, platform_id={self.platform_id!r}, "
+            f"auto_close={self.auto_close!r})"
+        )
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        raise not_serialisable("Credentials")
 
     @property
     def outer_merchant_id(self) -> str:
