@@ -26,6 +26,7 @@ from typing import Any
 import attrs
 import httpx
 
+from ecpay_lifecycle._codec import Secret
 from ecpay_lifecycle._exceptions import CodecError, InvalidArgument, InvalidArgumentType
 from ecpay_lifecycle._models import (
     Action,
@@ -267,16 +268,15 @@ class Emulator:
 
         ``auto_close`` is the daily auto-close setting (R5-R7), ``balance`` its ECPay account
         balance in TWD (R16), ``platform_id`` the platform that may act for it (section 3).
-        The key and IV never appear in a repr, the event log or an error.
+        The key and IV never appear in a repr, the event log, an error message or the locals of
+        a frame in an error's traceback (even when the arguments are swapped).
         """
+        given = (merchant_id, hash_key, hash_iv, platform_id)
+        merchant, key, iv, platform = (Secret[object](value) for value in given)
+        del merchant_id, hash_key, hash_iv, platform_id, given
         with self._lock:
             self._ledger.add_merchant(
-                merchant_id,
-                hash_key,
-                hash_iv,
-                auto_close=auto_close,
-                balance=balance,
-                platform_id=platform_id,
+                merchant, key, iv, auto_close=auto_close, balance=balance, platform_id=platform
             )
 
     def authorize(

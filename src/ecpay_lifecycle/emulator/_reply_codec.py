@@ -13,11 +13,11 @@ from __future__ import annotations
 import binascii
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn, SupportsIndex
 
 from Crypto.Cipher import AES
 
-from ecpay_lifecycle._codec import php_urlencode
+from ecpay_lifecycle._codec import Secret, not_serialisable, php_urlencode
 from ecpay_lifecycle._exceptions import CodecError
 
 from ._settings import UrlEncoding
@@ -44,15 +44,18 @@ class ReplyCodec:
 
     __slots__ = ("_iv", "_key")
 
-    def __init__(self, key: bytes, iv: bytes) -> None:
+    def __init__(self, key: bytes | Secret[bytes], iv: bytes | Secret[bytes]) -> None:
         """``key`` and ``iv``: the 16 bytes of HashKey and HashIV, already validated (R1)."""
-        if len(key) != _BLOCK or len(iv) != _BLOCK:
+        self._key, self._iv = Secret(key), Secret(iv)
+        del key, iv  # kept out of the locals a traceback shows
+        if len(self._key.reveal()) != _BLOCK or len(self._iv.reveal()) != _BLOCK:
             raise CodecError("the reply codec needs a 16-byte key and IV (R1)")
-        self._key = key
-        self._iv = iv
 
     def __repr__(self) -> str:
         return "ReplyCodec(key=<hidden>, iv=<hidden>)"
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        raise not_serialisable("ReplyCodec")
 
     def encrypt(self, payload: Mapping[str, Any], encoding: UrlEncoding) -> str:
         """The base64 ``Data`` for ``payload``: compact JSON, URL-encoded per ``encoding``,
@@ -64,5 +67,5 @@ class ReplyCodec:
         plain = dotnet_urlencode(raw) if encoding is UrlEncoding.DOTNET else php_urlencode(raw)
         pad = _BLOCK - len(plain) % _BLOCK
         plain += bytes([pad]) * pad
-        cipher = AES.new(self._key, AES.MODE_CBC, iv=self._iv).encrypt(plain)
+        cipher = AES.new(self._key.reveal(), AES.MODE_CBC, iv=self._iv.reveal()).encrypt(plain)
         return binascii.b2a_base64(cipher, newline=False).decode("ascii")

@@ -14,12 +14,12 @@ import collections
 import datetime as dt
 import itertools
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import attrs
 
-from ecpay_lifecycle._codec import AesCodec
-from ecpay_lifecycle._exceptions import InvalidArgument, InvalidArgumentType
+from ecpay_lifecycle._codec import AesCodec, Secret
+from ecpay_lifecycle._exceptions import EcpayError, InvalidArgument, InvalidArgumentType
 from ecpay_lifecycle._models import (
     Action,
     GatewayStatus,
@@ -180,19 +180,28 @@ class Ledger:
         balance: object,
         platform_id: object,
     ) -> None:
-        """Register a merchant; the key and IV are kept only inside an :class:`AesCodec`."""
-        mid = _merchant_id(merchant_id, "merchant_id")
+        """Register a merchant; the key and IV are kept only inside its codecs.
+
+        The four IDs and keys are held as :class:`Secret` values from the first line (swapped
+        arguments put a HashKey in any of them), and no message shows one.
+        """
+        given = (merchant_id, hash_key, hash_iv, platform_id)
+        merchant, key, iv, platform_given = (Secret[object](value) for value in given)
+        del merchant_id, hash_key, hash_iv, platform_id, given
+        mid = _merchant_id(merchant, "merchant_id")
         if mid in self.merchants:
             raise InvalidArgument(f"merchant {mid} is already registered")
         if not isinstance(auto_close, bool):
             raise InvalidArgumentType(f"auto_close must be a bool, not {type(auto_close).__name__}")
         money = check_amount(balance, field="balance", allow_zero=True)
-        platform = None if platform_id is None else _merchant_id(platform_id, "platform_id")
-        codec = AesCodec(hash_key, hash_iv)  # type: ignore[arg-type]  # it validates the type
+        platform = (
+            None if platform_given.reveal() is None else _merchant_id(platform_given, "platform_id")
+        )
+        codec = AesCodec(key, iv)  # it validates the type and length
         self.merchants[mid] = _Merchant(
             merchant_id=mid,
             codec=codec,
-            replies=ReplyCodec(_key_bytes(hash_key), _key_bytes(hash_iv)),
+            replies=ReplyCodec(_key_bytes(key), _key_bytes(iv)),
             auto_close=auto_close,
             balance=money,
             platform_id=platform,
@@ -680,21 +689,39 @@ def _bind(fn: Callable[..., None], *args: Any) -> Callable[[], None]:
     return call
 
 
-def _key_bytes(value: object) -> bytes:
+def _key_bytes(given: Secret[object]) -> Secret[bytes]:
     """A HashKey or HashIV that :class:`AesCodec` has accepted, as its 16 bytes (R1)."""
+    value = given.reveal()
     if isinstance(value, str):
-        return value.encode("ascii")
+        return Secret(value.encode("ascii"))
     assert isinstance(value, bytes | bytearray)  # AesCodec refused anything else
-    return bytes(value)
+    return Secret(bytes(value))
 
 
-def _merchant_id(value: object, field: str) -> str:
-    """MerchantID / PlatformID: String(10), letters and digits (section 3)."""
+def _merchant_id(given: Secret[object], field: str) -> str:
+    """MerchantID / PlatformID: String(10), letters and digits (section 3).
+
+    The error is raised here, where only the :class:`Secret` is a local, and never shows the
+    value: arguments swapped by mistake would put a HashKey in it.
+    """
+    problem = _merchant_id_problem(given.reveal(), field)
+    if problem is not None:
+        raise problem
+    return cast("str", given.reveal())
+
+
+def _merchant_id_problem(value: object, field: str) -> EcpayError | None:
     if not isinstance(value, str):
-        raise InvalidArgumentType(f"{field} must be a str, not {type(value).__name__}")
-    if not (1 <= len(value) <= 10 and value.isascii() and value.isalnum()):
-        raise InvalidArgument(f"{field} must be 1-10 letters or digits, got {value!r}")
-    return value
+        return InvalidArgumentType(f"{field} must be a str, not {type(value).__name__}")
+    if 1 <= len(value) <= 10 and value.isascii() and value.isalnum():
+        return None
+    if len(value) == 16:
+        got = "16 characters, the length of a HashKey or HashIV: are the arguments swapped?"
+    elif 1 <= len(value) <= 10:
+        got = "a character that is not an ASCII letter or digit"
+    else:
+        got = f"{len(value)} characters"
+    return InvalidArgument(f"{field} must be 1-10 letters or digits, got {got}")
 
 
 _CHECKS: dict[Action, Callable[[Ledger, _Order, int], Refusal | None]] = {
