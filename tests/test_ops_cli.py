@@ -133,11 +133,22 @@ def test_sweep_shows_progress_on_a_terminal_only(
 def test_sweep_watch_runs_a_bounded_number_of_times(
     served: tuple[Emulator, str], tmp_path: pathlib.Path
 ) -> None:
-    code, text = run(
-        "sweep", "--journal", str(tmp_path / "j.db"), "--watch", "1", "--runs", "2", "--json"
-    )
+    path = tmp_path / "j.db"
+    SQLiteJournal(path).close()  # what the workers create; the sweep never does
+    code, text = run("sweep", "--journal", str(path), "--watch", "1", "--runs", "2", "--json")
     assert code == 0
     assert len(text.strip().splitlines()) == 2
+
+
+def test_a_named_journal_that_does_not_exist_is_refused_not_created(
+    served: tuple[Emulator, str], tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A mistyped path would be a new, empty journal: no keys, no locks, a refund sent twice.
+    typo = tmp_path / "ecapy.db"
+    for argv in (["sweep"], ["journal"], ["refund", "A1", "100"], ["reconcile", "A1"]):
+        assert run(*argv, "--journal", str(typo))[0] == 2
+        assert f"no journal at {typo}" in capsys.readouterr().err
+    assert not typo.exists()
 
 
 def test_operator_commands_take_credentials_only_from_the_environment(

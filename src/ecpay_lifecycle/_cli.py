@@ -3,26 +3,28 @@
 Subcommands: ``demo`` (the main job: the whole story through the real client against the
 embedded emulator), ``plan`` (ask the planner about one order, no network), ``serve`` (the
 emulator over HTTP on 127.0.0.1), ``diagram`` (write the lifecycle diagram from the machine),
-and the operator commands of ``_ops.py``: ``sweep`` (resolve stuck operations by R22) and
-``journal`` (list operations). The command never prints a HashKey or HashIV.
+and the operator commands of ``_ops.py`` and ``_ops_commands.py`` (docs/operations.md):
+``query``, ``capture``, ``refund``, ``abandon``, ``reconcile``, ``sweep``, ``journal`` and
+``deadlines``. The exit codes are ``_ops.EXIT_CODES``; with ``--json`` an error is JSON on
+stdout too. The command never prints a HashKey or HashIV.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
+import importlib.metadata
 import os
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from . import _ops
+from . import _ops, _ops_commands
 from ._demo import run_demo
 from ._diagram import render_mermaid
-from ._exceptions import EcpayError, RuleViolation
-from ._models import OrderSnapshot, PaymentKind, Plan, State
+from ._exceptions import InvalidArgument
+from ._models import OrderSnapshot, PaymentKind, State
 from ._planner import plan_abandon, plan_capture, plan_refund
 from ._rules import TAIPEI
 from .emulator import _serve
@@ -32,31 +34,45 @@ __all__ = ["main"]
 DIAGRAM_PATH = pathlib.Path("diagrams") / "lifecycle.mmd"
 
 
-def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
-    """Run the command; return the process exit code (0 ok, 1 refused, 2 bad input)."""
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    out: TextIO | None = None,
+    clock: Callable[[], dt.datetime] | None = None,
+) -> int:
+    """Run the command; return the process exit code (``_ops.EXIT_CODES``: 0 ok, 1 refused,
+    2 bad input or configuration, 3 outcome unknown, 4 gateway or transport error, 70 a bug).
+
+    ``clock`` replaces the system clock for tests and docs (never settable from the command
+    line, where a wrong time would misjudge a fence, R22).
+    """
     stdout = out if out is not None else sys.stdout
-    parser = _parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parser().parse_args(words)
+    except _ops.UsageError as usage:
+        return _ops.report_error(usage, as_json="--json" in words, out=stdout)
+    except SystemExit as done:  # --help and --version have printed what was asked
+        return done.code if isinstance(done.code, int) else 0
+    args.clock = clock
     try:
         code: int = args.run(args, stdout)
     except BrokenPipeError:
         # The reader went away (``| head``): stop quietly, as Unix tools do.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaced for the interpreter's exit flush
         return 0
-    except RuleViolation as refusal:
-        _emit_refusal(refusal, args, stdout)
-        return 1
-    except EcpayError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:  # every error gets its exit code and its report (JSON too)
+        return _ops.report_error(error, as_json=getattr(args, "json", False), out=stdout)
     return code
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _ops.Parser(
         prog="ecpay-lifecycle",
-        description="Capture and refund ECPay credit-card orders safely.",
+        description="Capture and refund ECPay credit-card orders safely. Operator commands: "
+        "docs/operations.md.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
@@ -84,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--auto-close", action=argparse.BooleanOptionalAction, default=True)
     plan.add_argument("--authorized-at", type=_aware, help="ISO time (default: a day before now)")
     plan.add_argument("--now", type=_aware, help="ISO time with offset (default: the clock)")
-    intent = plan.add_mutually_exclusive_group()
+    intent = plan.add_mutually_exclusive_group(required=True)
     intent.add_argument("--refund", metavar="TWD", nargs="?", const="all", help="refund TWD or all")
     intent.add_argument("--capture", action="store_true", help="capture (close) the order")
     intent.add_argument("--abandon", action="store_true", help="release the hold")
@@ -107,9 +123,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     diagram.add_argument("--output", type=pathlib.Path, default=DIAGRAM_PATH)
     diagram.add_argument("--stdout", action="store_true", help="print instead of writing")
+    diagram.add_argument("--json", action="store_true", help="machine-readable output")
     diagram.set_defaults(run=_run_diagram)
+    _ops_commands.add_commands(commands)
     _ops.add_commands(commands)
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("ecpay-lifecycle")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown (not installed)"
 
 
 def _run_demo(args: argparse.Namespace, out: TextIO) -> int:
@@ -125,7 +150,12 @@ def _aware(text: str) -> dt.datetime:
 
 
 def _run_plan(args: argparse.Namespace, out: TextIO) -> int:
-    now = args.now or dt.datetime.now(TAIPEI)
+    now = args.now or _ops.now(args)
+    if args.authorized_at is not None and args.authorized_at > now:
+        raise InvalidArgument(
+            f"--authorized-at {args.authorized_at.isoformat()} is after --now "
+            f"{now.isoformat()}: an order is authorized before it is planned"
+        )
     state = State(args.state)
     closed = args.closed_amount
     if closed is None:
@@ -148,73 +178,31 @@ def _run_plan(args: argparse.Namespace, out: TextIO) -> int:
     else:
         wanted = None if args.refund in (None, "all") else _int(args.refund)
         plan = plan_refund(snapshot, wanted, now=now, capture_first=args.capture_first)
-    _emit_plan(plan, snapshot, args, out)
+    if args.json:
+        _ops.emit_json(_ops.plan_body(plan), out)
+    else:
+        print("\n".join(_ops.plan_lines(plan, snapshot)), file=out)
     return 0
 
 
 def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError as exc:
-        raise SystemExit(
-            f"error: --refund takes a whole number of TWD or 'all', not {text!r}"
-        ) from exc
-
-
-def _emit_plan(plan: Plan, snapshot: OrderSnapshot, args: argparse.Namespace, out: TextIO) -> None:
-    if args.json:
-        steps = [
-            {
-                "action": s.action.value,
-                "amount": s.amount,
-                "state_after": s.state_after.value,
-                "closed_amount_after": s.closed_amount_after,
-                "rule": s.rule,
-            }
-            for s in plan.steps
-        ]
-        body = {
-            "order": plan.merchant_trade_no,
-            "intent": plan.intent.value,
-            "steps": steps,
-            "refund_total": plan.refund_total,
-            "reason": plan.reason,
-        }
-        print(json.dumps(body, ensure_ascii=False), file=out)
-        return
-    print(
-        f"order {snapshot.merchant_trade_no}: {snapshot.state} {snapshot.amount} TWD, "
-        f"closed {snapshot.closed_amount}, {snapshot.kind}",
-        file=out,
-    )
-    print(f"plan ({plan.intent}): {plan.describe()}", file=out)
-    for number, step in enumerate(plan.steps, 1):
-        print(
-            f"  {number}. send {step.action.value} TotalAmount={step.amount}: expect "
-            f"{step.state_after}, closed {step.closed_amount_after}  [{step.rule}]",
-            file=out,
-        )
-    print(f"returns {plan.refund_total} TWD to the card holder. {plan.reason}", file=out)
-
-
-def _emit_refusal(refusal: RuleViolation, args: argparse.Namespace, out: TextIO) -> None:
-    if getattr(args, "json", False):
-        body = {
-            "refused": refusal.rule,
-            "message": refusal.message,
-            "retry_at": refusal.retry_at.isoformat() if refusal.retry_at else None,
-        }
-        print(json.dumps(body, ensure_ascii=False), file=out)
-    else:
-        print(f"refused: {refusal}", file=out)
+    if not text.lstrip("-").isdigit():
+        raise InvalidArgument(f"--refund takes a whole number of TWD or 'all', not {text!r}")
+    return int(text)
 
 
 def _run_diagram(args: argparse.Namespace, out: TextIO) -> int:
     text = render_mermaid()
     if args.stdout:
-        out.write(text)
+        if args.json:
+            _ops.emit_json({"mermaid": text}, out)
+        else:
+            out.write(text)
         return 0
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text, encoding="utf-8")
-    print(f"wrote {args.output}", file=out)
+    if args.json:
+        _ops.emit_json({"wrote": str(args.output)}, out)
+    else:
+        print(f"wrote {args.output}", file=out)
     return 0
