@@ -28,10 +28,11 @@ import collections
 import datetime as dt
 import enum
 import inspect
-import itertools
+import json
 import threading
+import zlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
@@ -471,14 +472,25 @@ class JournalWrapper:
         return self.wrapped.open_operations(merchant_id, limit=limit)
 
 
+#: Finished records :class:`InMemoryJournal` keeps as values before packing them.
+HOT_RECORDS: Final = 64
+
+
 class InMemoryJournal:
     """The default :class:`Journal`: a dict in this process, safe to share between threads.
 
     It keeps at most ``max_operations`` records, forgetting the least recently saved finished
-    ones first; a record with an unresolved attempt is never forgotten, because it locks its
-    order. What it forgets, an idempotency key no longer replays, and a crash forgets everything:
-    give the clients a durable journal where keys must outlive the process or the bound. Its
-    :attr:`locks` serialise the threads and tasks of this process.
+    ones first; a record with an unresolved attempt or an owner is never forgotten, because it
+    locks its order. What it forgets, an idempotency key no longer replays, and a crash forgets
+    everything: give the clients a durable journal where keys must outlive the process or the
+    bound. Its :attr:`locks` serialise the threads and tasks of this process.
+
+    A finished record is kept flat, as compressed JSON built back into a value when read: a few
+    hundred bytes and no object for the garbage collector to walk per operation, so a journal
+    of 100,000 replayable keys costs a full collection next to nothing. The last
+    :data:`HOT_RECORDS` finished stay values (the operations that follow on the same orders
+    read them). Forgetting the oldest is constant-time whatever stays unresolved
+    (benchmarks/bench_journal_memory.py).
     """
 
     def __init__(self, *, max_operations: int = 10_000) -> None:
@@ -489,16 +501,24 @@ class InMemoryJournal:
         self._max = max_operations
         self._lock = threading.Lock()
         self._locks = ProcessOrderLocks()
-        self._records: collections.OrderedDict[tuple[str, str], OperationRecord] = (
+        # Records are found by one str, "merchant NUL key" (a tuple would cost its own object).
+        # Unfinished records (an open attempt or an owner), as values: few, and read often.
+        self._live: dict[str, OperationRecord] = {}
+        # Finished records, least recently saved first: the record itself while among the last
+        # HOT_RECORDS finished (listed in _hot), then one bytes object (see _pack).
+        self._done: collections.OrderedDict[str, OperationRecord | bytes] = (
             collections.OrderedDict()
         )
-        self._by_order: dict[tuple[str, str], list[str]] = {}
+        self._hot: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # "merchant NUL order" -> its records' ids, oldest first: the id itself (the same str
+        # object as the key above) for an order with one operation, else a tuple of them.
+        self._by_order: dict[str, str | tuple[str, ...]] = {}
 
     def __repr__(self) -> str:
-        return f"InMemoryJournal({len(self._records)} operations, max {self._max})"
+        return f"InMemoryJournal({len(self)} operations, max {self._max})"
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._live) + len(self._done)
 
     @property
     def locks(self) -> ProcessOrderLocks:
@@ -508,9 +528,7 @@ class InMemoryJournal:
     def claim(self, record: OperationRecord, *, now: dt.datetime) -> Claim:
         """See :meth:`Journal.claim`."""
         with self._lock:
-            claim, write = arbitrate(
-                self._records.get((record.merchant_id, record.key)), record, now
-            )
+            claim, write = arbitrate(self._read(_id(record.merchant_id, record.key)), record, now)
             if write is not None:
                 self._store(write)
             return claim
@@ -518,7 +536,7 @@ class InMemoryJournal:
     def save(self, record: OperationRecord) -> OperationRecord:
         """See :meth:`Journal.save`."""
         with self._lock:
-            stored = self._records.get((record.merchant_id, record.key))
+            stored = self._read(_id(record.merchant_id, record.key))
             written = check_save(
                 None
                 if stored is None
@@ -531,62 +549,174 @@ class InMemoryJournal:
     def get(self, merchant_id: str, key: str) -> OperationRecord | None:
         """See :meth:`Journal.get`."""
         with self._lock:
-            return self._records.get((merchant_id, key))
+            return self._read(_id(merchant_id, key))
 
     def for_order(self, merchant_id: str, merchant_trade_no: str) -> Sequence[OperationRecord]:
         """See :meth:`Journal.for_order`."""
         with self._lock:
-            keys = self._by_order.get((merchant_id, merchant_trade_no), ())
-            return [self._records[(merchant_id, key)] for key in keys]
+            ids = _ids(self._by_order.get(_id(merchant_id, merchant_trade_no), ()))
+            return [record for ident in ids if (record := self._read(ident)) is not None]
 
     def open_operations(
         self, merchant_id: str | None = None, *, limit: int = 100
     ) -> Sequence[OperationRecord]:
-        """See :meth:`Journal.open_operations` (a scan: this store lives in memory)."""
+        """See :meth:`Journal.open_operations`: the unfinished records only, kept apart."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidArgument(f"limit must be a positive int, got {limit!r}")
         with self._lock:
             found = [
                 record
-                for record in self._records.values()
-                if (merchant_id is None or record.merchant_id == merchant_id)
-                and (record.open_attempt is not None or record.owner is not None)
+                for record in self._live.values()
+                if merchant_id is None or record.merchant_id == merchant_id
             ]
         found.sort(key=lambda record: record.updated_at)
         return found[:limit]
 
+    def _read(self, ident: str) -> OperationRecord | None:
+        live = self._live.get(ident)
+        if live is not None:
+            return live
+        done = self._done.get(ident)
+        if done is None or isinstance(done, OperationRecord):
+            return done
+        return _unpack(done)
+
     def _store(self, record: OperationRecord) -> None:
-        ident = (record.merchant_id, record.key)
-        order = (record.merchant_id, record.merchant_trade_no)
-        previous = self._records.pop(ident, None)
-        if previous is not None and previous.merchant_trade_no != record.merchant_trade_no:
-            self._unindex(previous)
-        if previous is None or previous.merchant_trade_no != record.merchant_trade_no:
-            self._by_order.setdefault(order, []).append(record.key)
-        self._records[ident] = record
-        self._evict()
+        ident = _id(record.merchant_id, record.key)
+        order = _id(record.merchant_id, record.merchant_trade_no)
+        known = self._by_order.get(order)
+        ids = () if known is None else _ids(known)
+        stored = next((k for k in ids if k == ident), None)
+        if stored is None:
+            # New: index it under its order (a save never changes an operation's order).
+            self._by_order[order] = ident if known is None else (*ids, ident)
+        else:
+            ident = stored  # one str object for the index and the store
+        if record.open_attempt is None and record.owner is None:
+            self._live.pop(ident, None)
+            self._done[ident] = record
+            self._done.move_to_end(ident)
+            self._hot[ident] = None
+            self._hot.move_to_end(ident)
+            if len(self._hot) > HOT_RECORDS:
+                cooled, _ = self._hot.popitem(last=False)
+                value = self._done.get(cooled)
+                if isinstance(value, OperationRecord):
+                    self._done[cooled] = _pack(value)  # keeps its place in the order
+        else:
+            self._done.pop(ident, None)
+            self._hot.pop(ident, None)
+            self._live[ident] = record
+        # Forget the least recently saved finished records: O(1) each, whatever is unresolved.
+        while len(self) > self._max and self._done:
+            ident, value = self._done.popitem(last=False)
+            self._hot.pop(ident, None)
+            merchant_id = ident[: ident.index("\x00")]
+            if isinstance(value, OperationRecord):
+                order = _id(merchant_id, value.merchant_trade_no)
+            else:
+                order = _id(merchant_id, value[: value.index(0)].decode())
+            kept = tuple(k for k in _ids(self._by_order.get(order, ())) if k != ident)
+            if len(kept) > 1:
+                self._by_order[order] = kept
+            elif kept:
+                self._by_order[order] = kept[0]
+            else:
+                self._by_order.pop(order, None)
 
-    def _evict(self) -> None:
-        excess = len(self._records) - self._max
-        if excess <= 0:
-            return
-        # Oldest first, stopping as soon as enough are found: the usual cost is one record.
-        finished = (
-            ident
-            for ident, rec in self._records.items()
-            if rec.open_attempt is None and rec.owner is None
-        )
-        for ident in list(itertools.islice(finished, excess)):
-            self._unindex(self._records.pop(ident))
 
-    def _unindex(self, record: OperationRecord) -> None:
-        order = (record.merchant_id, record.merchant_trade_no)
-        keys = self._by_order.get(order)
-        if keys is None:
-            return
-        keys.remove(record.key)
-        if not keys:
-            del self._by_order[order]
+def _id(merchant_id: str, name: str) -> str:
+    """One str for a (merchant, key or order) pair; NUL appears in neither (check_text)."""
+    return f"{merchant_id}\x00{name}"
+
+
+def _ids(found: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (found,) if isinstance(found, str) else found
+
+
+def _sample_record_text() -> bytes:
+    """The text every packed record is compressed against (zlib's preset dictionary): field
+    names and the common values of a record, so each record stores only what is its own."""
+    snapshot = {
+        "merchant_trade_no": "",
+        "trade_no": "",
+        "amount": 1000,
+        "state": "closed",
+        "authorized_at": "2026-01-01T10:00:00+08:00",
+        "closed_amount": 1000,
+        "kind": "one_time",
+        "auto_close": True,
+        "capture_settled": True,
+    }
+    step = {
+        "action": "R",
+        "amount": 300,
+        "state_after": "to_close",
+        "closed_amount_after": 700,
+        "capture_settled_after": True,
+        "rule": "R10",
+    }
+    attempt = {
+        "index": 0,
+        "attempt": 1,
+        "action": "R",
+        "amount": 300,
+        "trade_no": "",
+        "before": snapshot,
+        "step": step,
+        "status": "done",
+        "at": "2026-01-01T10:00:00+08:00",
+        "rtn_code": 1,
+        "rtn_msg": "Succeeded.",
+        "note": "accepted (R21)",
+        "resolvable_at": "2026-01-01T10:15:00+08:00",
+    }
+    record = {
+        "merchant_id": "",
+        "key": "refund-",
+        "caller_key": True,
+        "merchant_trade_no": "",
+        "request": "refund amount=all capture_first=False",
+        "intent": "refund",
+        "status": "succeeded",
+        "started_at": "2026-01-01T10:00:00+08:00",
+        "updated_at": "2026-01-01T10:00:00+08:00",
+        "plan": {
+            "intent": "refund",
+            "merchant_trade_no": "",
+            "steps": [step],
+            "refund_total": 300,
+            "reason": "R9: a captured order is refunded with R",
+        },
+        "before": snapshot,
+        "attempts": [attempt],
+        "final": snapshot,
+        "owner": None,
+        "lease_until": None,
+        "revision": 4,
+        "notes": [],
+        "sweeps": 0,
+        "next_sweep_at": None,
+    }
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+_ZDICT: Final = _sample_record_text()
+
+
+def _pack(record: OperationRecord) -> bytes:
+    """The order's number (ASCII letters and digits), a NUL, and the record as JSON compressed
+    against :data:`_ZDICT`: one flat bytes object."""
+    packer = zlib.compressobj(level=9, zdict=_ZDICT)
+    text = json.dumps(record.to_dict(), separators=(",", ":"), ensure_ascii=False)
+    head = record.merchant_trade_no.encode() + b"\x00"
+    return head + packer.compress(text.encode()) + packer.flush()
+
+
+def _unpack(data: bytes) -> OperationRecord:
+    unpacker = zlib.decompressobj(zdict=_ZDICT)
+    packed = memoryview(data)[data.index(0) + 1 :]
+    return OperationRecord.from_dict(json.loads(unpacker.decompress(packed) + unpacker.flush()))
 
 
 # Plain-value forms of the domain values a record holds. The domain values validate themselves
