@@ -465,15 +465,7 @@ CLIENT_REFUSAL = (
     "case",
     [
         *REFUSALS.values(),
-        pytest.param(
-            CLIENT_REFUSAL,
-            marks=pytest.mark.xfail(
-                raises=AttributeError,
-                reason="_client.py: Client.__repr__ raises on a Client whose __init__ refused "
-                "its arguments, so traceback's capture_locals cannot format the error; for the "
-                "client's owner (no secret shows, the formatting stops)",
-            ),
-        ),
+        CLIENT_REFUSAL,
     ],
     ids=[*REFUSALS.keys(), "client bad option"],
 )

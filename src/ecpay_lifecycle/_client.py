@@ -154,8 +154,11 @@ class _Shell:
         self._limits = _check_limit(max_connections)
 
     def __repr__(self) -> str:
+        engine = getattr(self, "_engine", None)
+        if engine is None:  # a client whose constructor refused its arguments
+            return f"{type(self).__name__}(<not configured>)"
         return (
-            f"{type(self).__name__}(merchant_id={self._engine.credentials.merchant_id!r}, "
+            f"{type(self).__name__}(merchant_id={engine.credentials.merchant_id!r}, "
             f"base_url={self._base_url!r})"
         )
 
