@@ -52,7 +52,7 @@ from ._exceptions import (
     WrongCredentials,
 )
 from ._journal import AttemptRecord, Journal, OperationRecord
-from ._models import OrderSnapshot, Plan
+from ._models import Intent, OrderSnapshot, Plan
 from ._outcome import SweepReport, Verdict
 from ._protocol import PRODUCTION_URL, Credentials
 from ._rules import TAIPEI
@@ -337,7 +337,7 @@ def journal_for(
             f"no journal at {path}: name the shop's journal with --journal or ECPAY_JOURNAL "
             "(a SQLite file the workers created, or a postgresql:// URL)"
         )
-    return open_journal(str(path))
+    return open_journal(spec)  # None: the default file, made in a directory of the user's
 
 
 # -- time ---------------------------------------------------------------------------------------
@@ -456,7 +456,12 @@ def plan_lines(plan: Plan, snapshot: OrderSnapshot) -> list[str]:
         f"{step.state_after}, closed {step.closed_amount_after}  [{step.rule}]"
         for number, step in enumerate(plan.steps, 1)
     )
-    lines.append(f"returns {plan.refund_total} TWD to the card holder. {plan.reason}")
+    if plan.intent is Intent.REFUND:
+        lines.append(f"returns {plan.refund_total} TWD to the card holder. {plan.reason}")
+    elif plan.intent is Intent.ABANDON:
+        lines.append(f"releases the {plan.refund_total} TWD held on the card. {plan.reason}")
+    else:
+        lines.append(plan.reason)
     return lines
 
 

@@ -449,7 +449,7 @@ def _emit_outcome(outcome: Outcome, args: argparse.Namespace, key: str, out: Tex
     )
     for note in outcome.disagreements:
         print(f"  note: {note}", file=out)
-    print(f"key {key}: the same command with --key {key} replays this and sends nothing", file=out)
+    print(f"key {key} (the same --key replays this; nothing is sent twice)", file=out)
 
 
 # -- reconcile --------------------------------------------------------------------------------
@@ -536,43 +536,105 @@ class _Deadline:
     name: str
     rule: str
     at: dt.datetime
-    advice: str
+
+    def body(self) -> dict[str, Any]:
+        return {"name": self.name, "rule": self.rule, "at": self.at.isoformat()}
 
 
-def _deadlines(snapshot: OrderSnapshot) -> list[_Deadline]:
+def _deadlines(snapshot: OrderSnapshot) -> tuple[_Deadline, ...]:
     """R6 and R7 for an authorized order of a merchant with auto-close off; else none."""
     if snapshot.auto_close or snapshot.state is not State.AUTHORIZED:
-        return []
+        return ()
     authorized = snapshot.authorized_at
-    return [
-        _Deadline(
-            "capture limit",
-            "R6",
-            capture_deadline(authorized),
-            "capture (C) or abandon (N) before it; C is refused from then on",
-        ),
-        _Deadline(
-            "unclosed notice",
-            "R7",
-            unclosed_notice_at(authorized),
-            "ECPay notifies the merchant; abandon (N) to release the card hold",
-        ),
-        _Deadline(
-            "forced abandon",
-            "R7",
-            forced_abandon_at(authorized),
-            "ECPay abandons the authorization; nothing can be captured",
-        ),
-    ]
+    return (
+        _Deadline("capture limit", "R6", capture_deadline(authorized)),
+        _Deadline("unclosed notice", "R7", unclosed_notice_at(authorized)),
+        _Deadline("forced abandon", "R7", forced_abandon_at(authorized)),
+    )
 
 
 def _deadline_body(deadline: _Deadline, moment: dt.datetime) -> dict[str, Any]:
-    return {
-        "name": deadline.name,
-        "rule": deadline.rule,
-        "at": deadline.at.isoformat(),
-        "passed": deadline.at <= moment,
-    }
+    return {**deadline.body(), "passed": deadline.at <= moment}
+
+
+@attrs.frozen
+class _Due:
+    """One order read by ``deadlines``: what is known of it, from where, and what comes next."""
+
+    snapshot: OrderSnapshot
+    source: str
+    moment: dt.datetime
+
+    @property
+    def deadlines(self) -> tuple[_Deadline, ...]:
+        return _deadlines(self.snapshot)
+
+    @property
+    def following(self) -> _Deadline | None:
+        """The next deadline after ``moment``, if one is left."""
+        return next((d for d in self.deadlines if d.at > self.moment), None)
+
+    def nearing(self, window: dt.timedelta) -> bool:
+        """Due within ``window``, or past the capture limit (only N releases the hold now)."""
+        deadlines, following = self.deadlines, self.following
+        if not deadlines:
+            return False
+        return (
+            following is None
+            or deadlines[0].at <= self.moment
+            or (following.at - self.moment <= window)
+        )
+
+    def sort_key(self) -> dt.datetime:
+        following = self.following
+        return following.at if following is not None else self.snapshot.authorized_at
+
+    def note(self) -> str:
+        """What the NEXT column says when no deadline is left."""
+        if self.snapshot.auto_close:
+            return "auto-close on: no deadline"
+        if self.snapshot.state is not State.AUTHORIZED:
+            return f"{self.snapshot.state}: no deadline"
+        return "past day 90: ECPay abandoned it"
+
+    def advice(self) -> str:
+        """What to do about it, given where ``moment`` falls among its deadlines."""
+        capture, _notice, forced = self.deadlines
+        if self.moment < capture.at:
+            return (
+                f"capture (C) or abandon (N) by {when(capture.at)}; C is refused from then on (R6)"
+            )
+        if self.moment <= forced.at:
+            return (
+                f"the capture limit passed on {when(capture.at)}: only abandon (N) releases the "
+                f"hold now; ECPay abandons it after {when(forced.at)} (R7)"
+            )
+        return "past day 90: ECPay has abandoned it (R7); query it to confirm"
+
+    def body(self) -> dict[str, Any]:
+        following = self.following
+        return {
+            "order": self.snapshot.merchant_trade_no,
+            "state": self.snapshot.state.value,
+            "auto_close": self.snapshot.auto_close,
+            "authorized_at": self.snapshot.authorized_at.isoformat(),
+            "source": self.source,
+            "deadlines": [d.body() for d in self.deadlines],
+            "next": None if following is None else following.body(),
+            "advice": self.advice() if self.deadlines else self.note(),
+        }
+
+    def cells(self) -> list[str]:
+        following, moment = self.following, self.moment
+        return [
+            self.snapshot.merchant_trade_no,
+            when(self.snapshot.authorized_at),
+            _span(moment - self.snapshot.authorized_at),
+            self.note() if following is None else f"{following.name} ({following.rule})",
+            "-" if following is None else when(following.at),
+            "-" if following is None else _relative(following.at, moment),
+            self.source,
+        ]
 
 
 def _span(delta: dt.timedelta) -> str:
@@ -606,32 +668,28 @@ def _run_deadlines(args: argparse.Namespace, out: TextIO) -> int:
     else:
         opened = journal.open_operations(merchant, limit=args.limit)
         orders = list(dict.fromkeys(r.merchant_trade_no for r in opened))
-    known: list[tuple[OrderSnapshot, str]] = []
+    read: list[_Due] = []
     missing: list[str] = []
-    client = _client(args, journal, settings) if args.query else None
-    try:
+    if args.query:
+        with _client(args, journal, settings) as client:
+            read = [
+                _Due(client.query(order), f"ECPay {when(now(args))}", moment) for order in orders
+            ]
+    else:
         for order in orders:
-            if client is not None:
-                known.append((client.query(order), f"ECPay {when(moment)}"))
-                continue
             found = _last_known(journal.for_order(merchant, order))
             if found is None:
                 missing.append(order)
             else:
-                known.append(found)
-    finally:
-        if client is not None:
-            client.close()
+                read.append(_Due(*found, moment))
     window = dt.timedelta(days=args.within)
-    rows = [_deadline_row(snapshot, source, moment) for snapshot, source in known]
-    listed = [r for r in rows if args.all or _nearing(r, moment, window)]
-    listed.sort(key=lambda r: r["next"]["at"] if r["next"] else r["authorized_at"])
+    listed = sorted((d for d in read if args.all or d.nearing(window)), key=_Due.sort_key)
     if args.json:
         emit_json(
             {
                 "now": moment.isoformat(),
                 "within_days": args.within,
-                "orders": [_json_row(r) for r in listed],
+                "orders": [due.body() for due in listed],
                 "read": len(orders),
                 "not_in_journal": missing,
             },
@@ -640,22 +698,11 @@ def _run_deadlines(args: argparse.Namespace, out: TextIO) -> int:
         return EXIT_OK
     if listed:
         headers = ["ORDER", "AUTHORIZED", "AGE", "NEXT", "AT", "IN", "AS OF"]
-        table = [
-            [
-                r["order"],
-                when(r["authorized_at"]),
-                _span(moment - r["authorized_at"]),
-                f"{r['next']['name']} ({r['next']['rule']})" if r["next"] else r["note"],
-                when(r["next"]["at"]) if r["next"] else "-",
-                _relative(r["next"]["at"], moment) if r["next"] else "-",
-                r["source"],
-            ]
-            for r in listed
-        ]
+        table = [due.cells() for due in listed]
         print("\n".join(render_table(headers, table, style=styled(out))), file=out)
-        advice = {r["next"]["name"]: r["next"]["advice"] for r in listed if r["next"]}
-        for name, text in advice.items():
-            print(f"  {name}: {text}", file=out)
+        for due in listed:
+            if due.deadlines:
+                print(f"  {due.snapshot.merchant_trade_no}: {due.advice()}", file=out)
     else:
         print(f"nothing due within {args.within:g} days", file=out)
     if missing:
@@ -696,66 +743,7 @@ def _last_known(records: Sequence[OperationRecord]) -> tuple[OrderSnapshot, str]
         if snapshot is None:
             snapshot = record.before
         if snapshot is not None:
-            return snapshot, f"journal {when(record.updated_at)}"
+            attempt = record.open_attempt
+            unknown = "" if attempt is None else f", {attempt.action.value}({attempt.amount}) open"
+            return snapshot, f"journal {when(record.updated_at)}{unknown}"
     return None
-
-
-def _deadline_row(snapshot: OrderSnapshot, source: str, moment: dt.datetime) -> dict[str, Any]:
-    deadlines = _deadlines(snapshot)
-    upcoming = [d for d in deadlines if d.at > moment]
-    following = upcoming[0] if upcoming else None
-    if snapshot.auto_close:
-        note = "auto-close on: no deadline"
-    elif snapshot.state is not State.AUTHORIZED:
-        note = f"{snapshot.state}: no deadline"
-    else:
-        note = "past day 90: ECPay abandoned it"
-    return {
-        "order": snapshot.merchant_trade_no,
-        "state": snapshot.state.value,
-        "auto_close": snapshot.auto_close,
-        "authorized_at": snapshot.authorized_at,
-        "source": source,
-        "deadlines": deadlines,
-        "capture_passed": bool(deadlines) and deadlines[0].at <= moment,
-        "next": None
-        if following is None
-        else {
-            "name": following.name,
-            "rule": following.rule,
-            "at": following.at,
-            "advice": following.advice,
-        },
-        "note": note if following is None else "",
-    }
-
-
-def _nearing(row: dict[str, Any], moment: dt.datetime, window: dt.timedelta) -> bool:
-    if not row["deadlines"]:
-        return False
-    if row["capture_passed"] or row["next"] is None:
-        return True
-    at: dt.datetime = row["next"]["at"]
-    return at - moment <= window
-
-
-def _json_row(row: dict[str, Any]) -> dict[str, Any]:
-    following = row["next"]
-    return {
-        "order": row["order"],
-        "state": row["state"],
-        "auto_close": row["auto_close"],
-        "authorized_at": row["authorized_at"].isoformat(),
-        "source": row["source"],
-        "deadlines": [
-            {"name": d.name, "rule": d.rule, "at": d.at.isoformat()} for d in row["deadlines"]
-        ],
-        "next": None
-        if following is None
-        else {
-            "name": following["name"],
-            "rule": following["rule"],
-            "at": following["at"].isoformat(),
-        },
-        "note": row["note"],
-    }
