@@ -35,8 +35,10 @@ def admin(emulator: Emulator, method: str, path: str, body: Any = None) -> httpx
 
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=emulator.asgi_app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://emulator") as http:
-            return await http.request(method, path, json=body)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            # json=None sends no body; the admin routes still want to be told it is JSON.
+            headers = {"Content-Type": "application/json"}
+            return await http.request(method, path, json=body, headers=headers)
 
     return asyncio.run(go())
 
@@ -49,6 +51,7 @@ def test_admin_routes_drive_a_whole_flow() -> None:
     assert admin(emulator, "GET", "/_emulator/time").json() == {
         "now": START.isoformat(),
         "next_batch": "2026-08-03T20:15:00+08:00",
+        "realtime": False,
     }
     merchant = {"merchant_id": MID, "hash_key": KEY, "hash_iv": IV, "balance": 5}
     assert admin(emulator, "POST", "/_emulator/merchants", merchant).status_code == 201
@@ -214,8 +217,9 @@ def test_admin_body_that_is_not_json() -> None:
 
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=emulator.asgi_app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://e") as http:
-            return await http.post("/_emulator/time", content=b"{nope")
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+            headers = {"Content-Type": "application/json"}
+            return await http.post("/_emulator/time", content=b"{nope", headers=headers)
 
     response = asyncio.run(go())
     assert response.status_code == 400

@@ -4,7 +4,8 @@ ECPay's three endpoints answer exactly as through ``httpx.MockTransport``; trans
 become what a real server can do (hang, cut the reply short, answer 5xx/403). Admin routes under
 ``/_emulator/`` take and return JSON so that test suites in any language can drive the emulator:
 
-- ``GET /_emulator/time`` -> ``{"now", "next_batch"}`` (ISO 8601)
+- ``GET /_emulator/time`` -> ``{"now", "next_batch"}`` (ISO 8601) and ``"realtime"`` (whether
+  the clock runs by itself)
 - ``POST /_emulator/time`` with ``{"advance_seconds": n}`` or ``{"set": iso}``
 - ``POST /_emulator/merchants`` with ``{"merchant_id", "hash_key", "hash_iv", "auto_close"?,
   "balance"?, "platform_id"?}``
@@ -21,13 +22,22 @@ become what a real server can do (hang, cut the reply short, answer 5xx/403). Ad
 - ``GET /`` -> the console, a page for people (:mod:`._console`, with its read-only routes
   ``GET /_emulator/merchants``, ``/orders``, ``/faults`` and ``/overview?since=N``)
 
-Bad admin input answers 400 with ``{"error": message}``; nothing changes.
+Bad admin input answers 400 with ``{"error": message}``; nothing changes. The admin routes are
+for a test suite or a person on this machine, never for a web page it visits: they answer only
+a request whose ``Host`` is ``127.0.0.1``, ``localhost`` or ``[::1]`` with this server's port
+(403 otherwise: DNS rebinding brings another name), and one that changes something (any method
+but GET and HEAD) only with ``Content-Type: application/json`` (415 otherwise: a page can send a
+form or text to another site without asking, never JSON). Every request body must arrive
+within ``BODY_TIMEOUT`` seconds (408). A clock move runs in a thread of its own, and in real
+time the catching up runs off the event loop too, so neither holds up other requests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
+import functools
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -43,13 +53,19 @@ from ._wire import parse_aware_iso
 if TYPE_CHECKING:
     from ._emulator import Emulator, _Reply
 
-__all__ = ["serve"]
+__all__ = ["BODY_TIMEOUT", "admin_refusal", "serve"]
 
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 _MAX_BODY = 1 << 20
 _ADMIN = "/_emulator/"
+#: Seconds a request body may take to arrive, from the end of its headers.
+BODY_TIMEOUT = 10.0
+#: The names the admin routes answer to in ``Host`` (with the server's port).
+_LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
+#: Methods that only read: the admin routes take them without a JSON content type.
+_READS = frozenset({"GET", "HEAD"})
 
 
 class _AdminError(Exception):
@@ -60,18 +76,50 @@ class _AdminError(Exception):
         self.status = status
 
 
-async def serve(emulator: Emulator, scope: Mapping[str, Any], receive: Receive, send: Send) -> None:
-    """Handle one ASGI connection scope (``http`` and ``lifespan``; others are ignored)."""
+async def serve(
+    emulator: Emulator,
+    scope: Mapping[str, Any],
+    receive: Receive,
+    send: Send,
+    *,
+    body_timeout: float = BODY_TIMEOUT,
+) -> None:
+    """Handle one ASGI connection scope (``http`` and ``lifespan``; others are ignored).
+
+    A body that takes longer than ``body_timeout`` seconds answers 408; see the module
+    docstring for what the admin routes refuse.
+    """
     if scope["type"] == "lifespan":
         await _lifespan(receive, send)
         return
     if scope["type"] != "http":
         return
-    body = await _read_body(receive)
     path: str = scope.get("path", "/")
     method: str = scope.get("method", "GET")
+    admin = path.startswith(_ADMIN)
+    refusal = admin_refusal(scope) if admin else None
+    if refusal is not None:
+        await _send_json(send, *refusal)
+        return
+    try:
+        body = await _read_body(receive, body_timeout)
+    except TimeoutError:
+        await _send_json(send, 408, {"error": f"the body did not arrive in {body_timeout:g} s"})
+        return
     if body is None:
         await _send(send, 413, b"Payload Too Large", "text/plain; charset=utf-8")
+        return
+    if emulator.realtime:
+        await asyncio.to_thread(emulator.catch_up)  # the batches due run here, not on the loop
+    else:
+        emulator.catch_up()  # nothing to catch up; a clock move in progress lets this one in
+    if admin and method == "POST" and path[len(_ADMIN) :].strip("/") == "time":
+        # A jump over many batches runs in the clock's own thread, a few orders at a time.
+        loop = asyncio.get_running_loop()
+        status, payload = await loop.run_in_executor(
+            _clock_thread(), _admin, emulator, method, "time", body
+        )
+        await _send_json(send, status, payload)
         return
     from . import _console  # noqa: PLC0415  # the console builds on this module's JSON helpers
 
@@ -97,21 +145,92 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-async def _read_body(receive: Receive) -> bytes | None:
+async def _read_body(receive: Receive, timeout: float) -> bytes | None:
+    """The whole body (None when over ``_MAX_BODY``); :class:`TimeoutError` after ``timeout``."""
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > _MAX_BODY:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > _MAX_BODY:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
     return b"".join(chunks)
+
+
+def admin_refusal(scope: Mapping[str, Any]) -> tuple[int, dict[str, str]] | None:
+    """Why an admin request is refused before it is read, as ``(status, JSON)``, or None.
+
+    403 unless ``Host`` is a loopback name with this server's port; 415 unless a request that
+    may change something says ``Content-Type: application/json``. Browsers let a web page send
+    neither to this server: it cannot set ``Host``, and JSON to another origin needs a CORS
+    preflight that the emulator never grants.
+    """
+    if not _loopback_host(scope):
+        return 403, {
+            "error": "admin routes answer only to Host 127.0.0.1, localhost or [::1] with "
+            "this server's port"
+        }
+    if scope.get("method", "GET") not in _READS and _media_type(scope) != "application/json":
+        return 415, {
+            "error": "admin requests that change something need a JSON body "
+            "(Content-Type: application/json)"
+        }
+    return None
+
+
+def _headers(scope: Mapping[str, Any], name: bytes) -> list[bytes]:
+    return [value for key, value in scope.get("headers", ()) if key.lower() == name]
+
+
+def _loopback_host(scope: Mapping[str, Any]) -> bool:
+    """Whether the one ``Host`` header names this server on loopback, port included."""
+    hosts = _headers(scope, b"host")
+    if len(hosts) != 1:
+        return False
+    try:
+        host = hosts[0].decode("ascii").lower()
+    except UnicodeDecodeError:
+        return False
+    if host.startswith("["):
+        end = host.find("]") + 1
+        name, rest = host[:end], host[end:]
+    else:
+        name, colon, port_text = host.partition(":")
+        rest = colon + port_text
+    if name not in _LOOPBACK_NAMES:
+        return False
+    if rest and not (rest[0] == ":" and rest[1:].isascii() and rest[1:].isdigit()):
+        return False
+    given = int(rest[1:]) if rest else (443 if scope.get("scheme") == "https" else 80)
+    server = scope.get("server")
+    port = server[1] if isinstance(server, tuple | list) and len(server) == 2 else None
+    return port is None or given == port
+
+
+def _media_type(scope: Mapping[str, Any]) -> str | None:
+    types = _headers(scope, b"content-type")
+    if len(types) != 1:
+        return None
+    return types[0].decode("latin-1").split(";", 1)[0].strip().lower()
+
+
+@functools.cache
+def _clock_thread() -> concurrent.futures.ThreadPoolExecutor:
+    """The one thread that moves clocks for admin requests: jumps wait for each other there,
+    never in the event loop's default pool, which other requests need."""
+    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ecpay-emulator-clock")
+
+
+async def _send_json(send: Send, status: int, payload: Any) -> None:
+    content = b"" if payload is None else json.dumps(payload, ensure_ascii=False).encode()
+    await _send(send, status, content, "application/json")
 
 
 async def _send(send: Send, status: int, body: bytes, content_type: str) -> None:
@@ -136,6 +255,8 @@ async def _gateway(emulator: Emulator, method: str, path: str, body: bytes, send
     if isinstance(got, _Received):
         if got.delay:
             await asyncio.sleep(got.delay)
+            if emulator.realtime:  # the delay let real time pass: catch up off the loop
+                await asyncio.to_thread(emulator.catch_up)
         got = emulator._process(got)
     reply: _Reply = got
     if reply.hang:
@@ -276,8 +397,12 @@ def _seconds(value: object, field: str) -> dt.timedelta | None:
     return dt.timedelta(seconds=value)
 
 
-def _time(emulator: Emulator) -> dict[str, str]:
-    return {"now": emulator.now.isoformat(), "next_batch": emulator.next_batch().isoformat()}
+def _time(emulator: Emulator) -> dict[str, Any]:
+    return {
+        "now": emulator.now.isoformat(),
+        "next_batch": emulator.next_batch().isoformat(),
+        "realtime": emulator.realtime,
+    }
 
 
 _E = TypeVar("_E", Fault, Action, PaymentKind)

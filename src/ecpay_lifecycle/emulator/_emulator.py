@@ -14,7 +14,6 @@ import asyncio
 import collections
 import datetime as dt
 import enum
-import functools
 import itertools
 import json
 import threading
@@ -27,18 +26,23 @@ import attrs
 import httpx
 
 from ecpay_lifecycle._codec import Secret
-from ecpay_lifecycle._exceptions import CodecError, InvalidArgument, InvalidArgumentType
+from ecpay_lifecycle._exceptions import (
+    CodecError,
+    ConfigurationError,
+    InvalidArgument,
+    InvalidArgumentType,
+)
 from ecpay_lifecycle._models import (
     Action,
     GatewayStatus,
     OrderSnapshot,
     PaymentKind,
-    check_aware,
     check_order_number,
 )
 
 from ._events import Event, EventKind, Landing
 from ._faults import Endpoint, Fault, FaultRule, Faults
+from ._persist import FORMAT, VERSION, Reader, settings_from_json, settings_to_json
 from ._settings import EmulatorSettings, Refusal
 from ._state import Ledger, MerchantView, OrderView, _Merchant, _Order
 from ._wire import (
@@ -60,6 +64,12 @@ _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
 #: A landing so far away that it overflows the calendar never lands.
 _NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
+#: How many batch or day-rule happenings (one order each) run under one hold of the lock while
+#: the clock moves: small enough that a request waits at most a millisecond or two.
+_PIECE = 32
+#: How long a clock move steps aside for a request that knocked: enough for a woken thread to
+#: take the lock, short enough that a move over two years of batches loses little time.
+_STEP_ASIDE = 0.0005
 
 
 class _Failure(enum.Enum):
@@ -144,9 +154,10 @@ def _dumps(payload: Mapping[str, Any]) -> bytes:
 class Emulator:
     """A faithful, stateful, local stand-in for ECPay's credit-card endpoints (section 10).
 
-    It keeps merchants and orders, a clock that only tests move (:meth:`advance`,
-    :meth:`set_time`; the 20:15 Asia/Taipei batch and the day rules R6/R7 happen as it passes
-    them), enforces every rule of section 7 with its own code, answers in ECPay's envelope
+    It keeps merchants and orders, a clock that tests move (:meth:`advance`, :meth:`set_time`)
+    and that may also run in real time (``realtime=True``); the 20:15 Asia/Taipei batch and the
+    day rules R6/R7 happen as it passes them. It enforces every rule of section 7 with its own
+    code, answers in ECPay's envelope
     and shapes, logs every event (:meth:`applied_do_actions` counts the money movements), and
     injects faults on demand (:attr:`faults`), among them DoActions that land after the client
     gave up (:meth:`pending_landings`) and CreditDetail answers from older data. Thread-safe.
@@ -167,11 +178,16 @@ class Emulator:
         now: dt.datetime,
         settings: EmulatorSettings | None = None,
         max_events: int | None = 100_000,
+        realtime: bool = False,
     ) -> None:
         """Start the emulator's clock at ``now`` (timezone-aware) with ``settings``.
 
-        The event log keeps the last ``max_events`` events (None: all of them).
+        The event log keeps the last ``max_events`` events (None: all of them). With
+        ``realtime`` the clock runs from ``now`` at the speed of the wall clock (measured with
+        :func:`time.monotonic`); otherwise it stands still until moved.
         """
+        if not isinstance(realtime, bool):
+            raise InvalidArgumentType(f"realtime must be a bool, not {type(realtime).__name__}")
         if settings is None:
             settings = EmulatorSettings()
         if not isinstance(settings, EmulatorSettings):
@@ -191,6 +207,16 @@ class Emulator:
         self._landings: list[_Landing] = []
         self._landing_seq = itertools.count(1)
         self.faults = Faults(self._lock)
+        #: Real time: the emulator time at a monotonic instant; None: the clock is frozen.
+        self._anchor: tuple[dt.datetime, float] | None = (
+            (self._ledger.now, time.monotonic()) if realtime else None
+        )
+        #: Held by whoever moves the clock over batches (one at a time); never by a request
+        #: that only passes by, so a long move never makes other requests wait.
+        self._mover = threading.Lock()
+        self._moves = 0
+        #: Counts requests arriving (see :meth:`_let_in`); races only lose a count, harmlessly.
+        self._knocks = 0
 
     def __repr__(self) -> str:
         with self._lock:
@@ -207,13 +233,20 @@ class Emulator:
         return self._ledger.settings
 
     @property
+    def realtime(self) -> bool:
+        """Whether the clock runs by itself at the speed of the wall clock."""
+        return self._anchor is not None
+
+    @property
     def now(self) -> dt.datetime:
         """The emulator's current time."""
+        self.catch_up()
         with self._lock:
             return self._ledger.now
 
     def clock(self) -> dt.datetime:
         """The emulator's current time; pass ``clock=emulator.clock`` to a client (R20)."""
+        self.catch_up()
         with self._lock:
             return self._ledger.now
 
@@ -222,33 +255,122 @@ class Emulator:
 
         Every 20:15 Asia/Taipei batch crossed runs once, in order (R5), the R7 day rules of
         auto-close-off merchants happen when their moment passes, and DoActions in flight
-        (:meth:`pending_landings`) land at theirs, interleaved in time order. A negative
-        ``delta`` raises :class:`InvalidArgument` and changes nothing.
+        (:meth:`pending_landings`) land at theirs, interleaved in time order. Requests go on
+        while the clock moves: the work runs a few orders at a time and each request meanwhile
+        sees the emulator at the moment the clock has reached. A negative ``delta`` raises
+        :class:`InvalidArgument` and changes nothing. In real time the clock runs on from the
+        new time.
         """
         if not isinstance(delta, dt.timedelta):
             raise InvalidArgumentType(f"delta must be a timedelta, not {type(delta).__name__}")
-        with self._lock:
-            try:
-                target = self._ledger.now + delta
-            except OverflowError as exc:
-                raise InvalidArgument(f"advancing by {delta} leaves the calendar") from exc
-            self._move(target)
-            return self._ledger.now
+        with self._mover:
+            with self._lock:
+                base = self._base()
+                try:
+                    target = base + delta
+                except OverflowError as exc:
+                    raise InvalidArgument(f"advancing by {delta} leaves the calendar") from exc
+                self._ledger.check_move(target, floor=base)
+            self._jump(target)
+        return target
 
     def set_time(self, when: dt.datetime) -> None:
-        """Move the clock forward to ``when`` (aware); like :meth:`advance`. Never backwards."""
-        with self._lock:
-            self._move(when)
+        """Move the clock forward to ``when`` (aware); like :meth:`advance`. Never backwards:
+        an earlier time (in real time: earlier than the running clock) raises
+        :class:`InvalidArgument` and changes nothing."""
+        with self._mover:
+            with self._lock:
+                target = self._ledger.check_move(when, floor=self._base())
+            self._jump(target)
 
-    def _move(self, when: dt.datetime) -> None:
-        check_aware(when, field="when")
-        due = [landing for landing in self._queued() if landing.at <= when]
-        self._ledger.move_to(
-            when, [(landing.at, functools.partial(self._land, landing)) for landing in due]
-        )
+    def catch_up(self) -> None:
+        """In real time, bring the emulator up to the running clock now: the batches, day rules
+        and late landings due since the last call happen, each at its own moment.
+
+        Every method does this first by itself; a server calls it off its event loop so that
+        the work never holds up other requests. A frozen clock has nothing to catch up. While
+        another thread moves the clock this returns at once: requests are served at the moment
+        that move has reached.
+        """
+        self._knocks += 1  # tells a clock move in progress to let this request in
+        if self._anchor is None:
+            return
+        target = self._wall()
+        with self._lock:
+            if target <= self._ledger.now:
+                return
+            first_landing = min((landing.at for landing in self._landings), default=None)
+            if (first_landing is None or target < first_landing) and self._ledger.glide(target):
+                return
+        if not self._mover.acquire(blocking=False):
+            return
+        try:
+            with self._lock:
+                try:
+                    self._ledger.check_move(target)
+                except InvalidArgument:
+                    return  # the calendar ends here: the clock stops
+            self._run_clock(target)
+        finally:
+            self._mover.release()
+
+    def _wall(self) -> dt.datetime:
+        """Where the running clock is now (the ledger's time when frozen)."""
+        if self._anchor is None:
+            return self._ledger.now
+        at, mark = self._anchor
+        try:
+            return at + dt.timedelta(seconds=time.monotonic() - mark)
+        except OverflowError:
+            return at
+
+    def _base(self) -> dt.datetime:
+        """The time a jump starts from: the ledger's, or the running clock's if ahead."""
+        return max(self._ledger.now, self._wall())
+
+    def _jump(self, target: dt.datetime) -> None:
+        """Run the clock to ``target`` (checked, mover held) and, in real time, run on from it."""
+        self._run_clock(target)
+        with self._lock:
+            self._moves += 1
+            if self._anchor is not None:
+                self._anchor = (max(target, self._ledger.now), time.monotonic())
+
+    def _run_clock(self, target: dt.datetime) -> None:
+        """Move the ledger to ``target`` (checked), stopping at each moment where something
+        happens; the lock is released between pieces of at most ``_PIECE`` happenings, so
+        requests interleave and each sees a consistent moment. The caller holds the mover."""
+        seen = self._knocks
+        while True:
+            with self._lock:
+                ledger = self._ledger
+                queued = self._queued()
+                if queued and queued[0].at <= ledger.now:
+                    # At its moment, after everything else that happens then (R22's fence).
+                    self._land(queued[0])
+                    continue
+                if ledger.now >= target:
+                    return
+                happenings = ledger.step_toward(target, queued[0].at if queued else None)
+            for start in range(0, len(happenings), _PIECE):
+                with self._lock:
+                    for happen in happenings[start : start + _PIECE]:
+                        happen()
+                seen = self._let_in(seen)
+            seen = self._let_in(seen)
+
+    def _let_in(self, seen: int) -> int:
+        """Between two pieces of a move: if a request knocked since ``seen``, step aside long
+        enough for it to take the lock (a released lock is not handed over: the mover would
+        take it back at once and starve the request)."""
+        knocks = self._knocks
+        if knocks != seen:
+            time.sleep(_STEP_ASIDE)
+        return knocks
 
     def next_batch(self) -> dt.datetime:
         """The next daily batch instant after the clock (20:15 Asia/Taipei by default, R5)."""
+        self.catch_up()
         with self._lock:
             return self._ledger.next_batch()
 
@@ -274,6 +396,7 @@ class Emulator:
         given = (merchant_id, hash_key, hash_iv, platform_id)
         merchant, key, iv, platform = (Secret[object](value) for value in given)
         del merchant_id, hash_key, hash_iv, platform_id, given
+        self.catch_up()
         with self._lock:
             self._ledger.add_merchant(
                 merchant, key, iv, auto_close=auto_close, balance=balance, platform_id=platform
@@ -294,16 +417,19 @@ class Emulator:
         future) backdates it; the batches and day rules it missed are applied at once. A
         duplicate MerchantTradeNo or a bad amount raises :class:`InvalidArgument`.
         """
+        self.catch_up()
         with self._lock:
             return self._ledger.authorize(merchant_id, merchant_trade_no, amount, kind=kind, at=at)
 
     def balance(self, merchant_id: str) -> int:
         """The merchant's ECPay balance in TWD (R16)."""
+        self.catch_up()
         with self._lock:
             return self._ledger.merchant(merchant_id).balance
 
     def set_balance(self, merchant_id: str, balance: int) -> None:
         """Set the merchant's ECPay balance (to test R16)."""
+        self.catch_up()
         with self._lock:
             self._ledger.set_balance(merchant_id, balance)
 
@@ -313,6 +439,7 @@ class Emulator:
 
         DoAction on such an order is refused; the batch leaves it alone.
         """
+        self.catch_up()
         with self._lock:
             self._ledger.set_status(self._ledger.order(merchant_id, merchant_trade_no), status)
 
@@ -320,6 +447,7 @@ class Emulator:
 
     def merchants(self) -> tuple[MerchantView, ...]:
         """Views of every merchant, in the order they were added (no HashKey or HashIV)."""
+        self.catch_up()
         with self._lock:
             return tuple(
                 MerchantView(
@@ -333,11 +461,13 @@ class Emulator:
 
     def order(self, merchant_id: str, merchant_trade_no: str) -> OrderView:
         """A frozen view of one order; an unknown order raises :class:`InvalidArgument`."""
+        self.catch_up()
         with self._lock:
             return self._ledger.view(self._ledger.order(merchant_id, merchant_trade_no))
 
     def orders(self, merchant_id: str | None = None) -> tuple[OrderView, ...]:
         """Views of every order (of one merchant), in the order they were authorized."""
+        self.catch_up()
         with self._lock:
             return tuple(
                 self._ledger.view(order)
@@ -348,12 +478,14 @@ class Emulator:
     def snapshot(self, merchant_id: str, merchant_trade_no: str) -> OrderSnapshot:
         """The order as an :class:`~ecpay_lifecycle.OrderSnapshot`: the truth to compare a
         client's or planner's belief with (differential tests)."""
+        self.catch_up()
         with self._lock:
             return self._ledger.snapshot(self._ledger.order(merchant_id, merchant_trade_no))
 
     @property
     def events(self) -> tuple[Event, ...]:
         """The event log, oldest first."""
+        self.catch_up()
         with self._lock:
             return tuple(self._events)
 
@@ -373,6 +505,7 @@ class Emulator:
         for name, value in (("merchant_id", merchant_id), ("merchant_trade_no", merchant_trade_no)):
             if value is not None and not isinstance(value, str):
                 raise InvalidArgumentType(f"{name} must be a str or None, not {value!r}")
+        self.catch_up()
         with self._lock:
             return tuple(
                 event
@@ -389,6 +522,7 @@ class Emulator:
 
         ``faults.clear()`` does not recall them: like ECPay, the emulator has them already.
         """
+        self.catch_up()
         with self._lock:
             return tuple(landing.view() for landing in self._queued())
 
@@ -398,6 +532,107 @@ class Emulator:
     def _record(self, kind: EventKind, at: dt.datetime, **fields: Any) -> None:
         self._seq += 1
         self._events.append(Event(seq=self._seq, at=at, kind=kind, **fields))
+
+    # -- state files -------------------------------------------------------------------------
+
+    @property
+    def revision(self) -> int:
+        """A number that grows whenever something :meth:`dump_state` keeps changes (every
+        event, every jump of the clock); the clock running in real time does not count, since
+        a state file resumes it anyway. For savers and pollers."""
+        with self._lock:
+            return self._seq + self._moves
+
+    def dump_state(self) -> dict[str, Any]:
+        """Everything needed to resume this emulator later, as JSON: settings, merchants
+        **with their HashKey and HashIV in the clear**, orders with the CreditDetail views
+        they keep, DoActions in flight, the clock. Keep the result, and any file it goes to,
+        readable by its owner only. Armed faults and the event log are not kept.
+
+        :meth:`from_state` reads it back.
+        """
+        self.catch_up()
+        with self._lock:
+            return {
+                "format": FORMAT,
+                "version": VERSION,
+                "saved_at": dt.datetime.now(dt.UTC).isoformat(),
+                "realtime": self.realtime,
+                "settings": settings_to_json(self.settings),
+                "ledger": self._ledger.dump(),
+                "landings": [_landing_json(landing) for landing in self._queued()],
+                "event_seq": self._seq,
+            }
+
+    @classmethod
+    def from_state(
+        cls, data: object, *, realtime: bool = False, max_events: int | None = 100_000
+    ) -> Emulator:
+        """The emulator :meth:`dump_state` described, with a fresh event log and no faults.
+
+        The clock resumes where it was; when both the saved emulator and this one run in real
+        time, plus the wall-clock time since it was saved (what happened meanwhile, batches
+        included, happens on first use). Anything that is not such a state, or a state of a
+        newer format than this version reads, raises
+        :class:`~ecpay_lifecycle.ConfigurationError` saying what and where (never a value).
+        """
+        reader = Reader(data, "")
+        if reader.optional_text("format") != FORMAT:
+            raise ConfigurationError(f"not an emulator state: its format is not {FORMAT!r}")
+        version = reader.integer("version", minimum=1)
+        if version > VERSION:
+            raise ConfigurationError(
+                f"the state was written by a newer ecpay-lifecycle (state format {version}; "
+                f"this version reads format {VERSION} and older)"
+            )
+        try:
+            settings = settings_from_json(reader.raw("settings"))
+        except ConfigurationError:
+            raise
+        except InvalidArgument as error:
+            raise ConfigurationError(f"settings: {error}") from error
+        ledger = reader.obj("ledger")
+        saved_now = ledger.time("now")
+        try:
+            emulator = cls(now=saved_now, settings=settings, max_events=max_events)
+        except InvalidArgument as error:
+            raise ConfigurationError(f"ledger.now: {error}") from error
+        emulator._ledger = Ledger.restore(ledger, saved_now, settings, emulator._record)
+        emulator._seq = reader.integer("event_seq")
+        emulator._landings = [emulator._restore_landing(item) for item in reader.items("landings")]
+        emulator._landing_seq = itertools.count(
+            max((landing.seq for landing in emulator._landings), default=0) + 1
+        )
+        if realtime:
+            resume = saved_now
+            if reader.flag("realtime"):
+                downtime = dt.datetime.now(dt.UTC) - reader.time("saved_at")
+                try:
+                    resume = saved_now + max(downtime, dt.timedelta(0))
+                except OverflowError:
+                    resume = saved_now
+            emulator._anchor = (resume, time.monotonic())
+        emulator._record(EventKind.SETUP, saved_now, note="state restored")
+        return emulator
+
+    def _restore_landing(self, item: Reader) -> _Landing:
+        merchant = self._ledger.merchants.get(item.text("merchant_id"))
+        if merchant is None:
+            raise ConfigurationError(f"{item.where}.merchant_id is not one of the merchants")
+        request = item.raw("request")
+        if not isinstance(request, dict):
+            raise ConfigurationError(f"{item.where}.request must be a JSON object")
+        action = item.optional_text("action")
+        got = _Received(
+            endpoint=item.member("endpoint", Endpoint),
+            merchant=merchant,
+            inner=request,
+            action=None if action is None else _action(action),
+            rule=None,
+            timestamp=item.number("timestamp"),
+            received_at=item.time("received_at"),
+        )
+        return _Landing(item.integer("seq"), item.time("at"), got)
 
     # -- front doors -------------------------------------------------------------------------
 
@@ -440,6 +675,7 @@ class Emulator:
             return _Reply(404, b"Not Found", _TEXT)
         if method.upper() != "POST":
             return _Reply(405, b"Method Not Allowed", _TEXT)
+        self.catch_up()
         with self._lock:
             # A request arriving at or after a landing's moment finds it landed (R22's fence).
             for landing in self._queued():
@@ -556,6 +792,7 @@ class Emulator:
 
     def _process(self, got: _Received) -> _Reply:
         """Phase two: apply the request (unless a fault stops it first) and shape the reply."""
+        self.catch_up()  # a DELAY fault may have let real time pass
         with self._lock:
             fault = got.rule.fault if got.rule else None
             outcome: _Outcome | None = None
@@ -768,21 +1005,48 @@ class Emulator:
 
 
 class AsgiApp:
-    """The ASGI 3 callable of one emulator (an object, so servers detect ASGI 3 reliably)."""
+    """The ASGI 3 callable of one emulator (an object, so servers detect ASGI 3 reliably).
 
-    __slots__ = ("_emulator",)
+    ``body_timeout``: seconds a request body may take to arrive (default
+    ``_asgi.BODY_TIMEOUT``, 10); a slower one answers 408.
+    """
 
-    def __init__(self, emulator: Emulator) -> None:
+    __slots__ = ("_body_timeout", "_emulator")
+
+    def __init__(self, emulator: Emulator, *, body_timeout: float | None = None) -> None:
+        if body_timeout is not None and (
+            isinstance(body_timeout, bool)
+            or not isinstance(body_timeout, int | float)
+            or not body_timeout > 0
+        ):
+            raise InvalidArgument("body_timeout must be a number of seconds > 0")
         self._emulator = emulator
+        self._body_timeout = body_timeout
 
     def __repr__(self) -> str:
         return f"<AsgiApp of {self._emulator!r}>"
 
     async def __call__(self, scope: Mapping[str, Any], receive: Any, send: Any) -> None:
         """Handle one ASGI scope (``http`` and ``lifespan``)."""
-        from ._asgi import serve  # noqa: PLC0415  # the ASGI module imports this one
+        from ._asgi import BODY_TIMEOUT, serve  # noqa: PLC0415  # the ASGI module imports this one
 
-        await serve(self._emulator, scope, receive, send)
+        timeout = BODY_TIMEOUT if self._body_timeout is None else self._body_timeout
+        await serve(self._emulator, scope, receive, send, body_timeout=timeout)
+
+
+def _landing_json(landing: _Landing) -> dict[str, Any]:
+    """A DoAction in flight, for a state file."""
+    got = landing.got
+    return {
+        "seq": landing.seq,
+        "at": landing.at.isoformat(),
+        "received_at": got.received_at.isoformat(),
+        "timestamp": got.timestamp,
+        "merchant_id": got.merchant.merchant_id,
+        "endpoint": got.endpoint.name,
+        "action": None if got.action is None else got.action.value,
+        "request": got.inner,
+    }
 
 
 def _action(value: object) -> Action | None:

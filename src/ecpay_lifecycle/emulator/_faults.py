@@ -20,7 +20,7 @@ import attrs
 from ecpay_lifecycle._exceptions import InvalidArgument, InvalidArgumentType
 from ecpay_lifecycle._models import Action, check_order_number
 
-__all__ = ["Endpoint", "Fault", "FaultRule", "Faults"]
+__all__ = ["MAX_FAULT_SECONDS", "Endpoint", "Fault", "FaultRule", "Faults"]
 
 
 class Endpoint(enum.StrEnum):
@@ -117,6 +117,9 @@ _HANGS = frozenset(
 _ONLY_FOR = {Fault.LATE_APPLY: Endpoint.DO_ACTION, Fault.STALE_QUERY: Endpoint.CREDIT_DETAIL}
 _DEFAULT_DELAY = 0.05
 _DEFAULT_HANG = 10.0
+#: The longest a fault may delay or hang a request, in seconds: a served emulator holds a
+#: connection that long, so an absurd number must not hold one for ever.
+MAX_FAULT_SECONDS = 300.0
 _DEFAULT_LAND_AFTER = dt.timedelta(seconds=60)
 _ids = itertools.count(1)
 
@@ -207,6 +210,7 @@ class Faults:
         is received; the DoAction that wakes it is not matched by it. ``land_after`` (LATE_APPLY
         only; default 60 seconds, >= 0) is when the accepted DoAction lands; ``writes``
         (STALE_QUERY only; default 1, >= 1) is how many writes behind CreditDetail answers.
+        ``seconds`` (a delay or a hang, real time) is at most :data:`MAX_FAULT_SECONDS` (300).
         Bad arguments raise :class:`InvalidArgument` / :class:`InvalidArgumentType` and arm
         nothing.
         """
@@ -316,8 +320,14 @@ def _make_rule(
             raise InvalidArgument(f"times must be at least 1, got {times}")
     if seconds is None:
         seconds = _DEFAULT_HANG if fault in _HANGS else _DEFAULT_DELAY
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
-        raise InvalidArgument(f"seconds must be a number >= 0, got {seconds!r}")
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not 0 <= seconds <= MAX_FAULT_SECONDS
+    ):
+        raise InvalidArgument(
+            f"seconds must be a number from 0 to {MAX_FAULT_SECONDS:g}, got {seconds!r}"
+        )
     if status_code is not None and fault not in _SERVER_ERRORS:
         raise InvalidArgument(f"status_code applies to server errors only, not {fault.name}")
     if trans_code is not None and fault is not Fault.TRANS_CODE_ERROR:

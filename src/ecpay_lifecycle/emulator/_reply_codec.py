@@ -69,3 +69,8 @@ class ReplyCodec:
         plain += bytes([pad]) * pad
         cipher = AES.new(self._key.reveal(), AES.MODE_CBC, iv=self._iv.reveal()).encrypt(plain)
         return binascii.b2a_base64(cipher, newline=False).decode("ascii")
+
+    def secrets(self) -> tuple[Secret[bytes], Secret[bytes]]:
+        """The key and IV, still hidden: only the emulator's state file (mode 0600) holds them
+        in the clear."""
+        return self._key, self._iv

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import heapq
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, cast
@@ -19,7 +20,12 @@ from typing import Any, Protocol, cast
 import attrs
 
 from ecpay_lifecycle._codec import AesCodec, Secret
-from ecpay_lifecycle._exceptions import EcpayError, InvalidArgument, InvalidArgumentType
+from ecpay_lifecycle._exceptions import (
+    ConfigurationError,
+    EcpayError,
+    InvalidArgument,
+    InvalidArgumentType,
+)
 from ecpay_lifecycle._models import (
     Action,
     GatewayStatus,
@@ -32,6 +38,7 @@ from ecpay_lifecycle._models import (
 )
 
 from ._events import EventKind
+from ._persist import Reader
 from ._reply_codec import ReplyCodec
 from ._settings import EmulatorSettings, Refusal
 
@@ -51,6 +58,10 @@ _HOLDING = frozenset({GatewayStatus.AUTHORIZED, GatewayStatus.OPERATION_CANCELED
 _FORCEABLE = frozenset(
     {GatewayStatus.UNAUTHORIZED} | {s for s in GatewayStatus if s.english is None}
 )
+#: The last instant of the calendar: where a clock with nothing left to happen may go.
+_END = dt.datetime.max.replace(tzinfo=dt.UTC)
+#: The smallest step of the clock: an expiry has happened this long after its deadline (R7).
+_INSTANT = dt.timedelta(microseconds=1)
 
 
 @attrs.frozen
@@ -166,7 +177,14 @@ class Ledger:
         self.merchants: dict[str, _Merchant] = {}
         self.orders: dict[tuple[str, str], _Order] = {}
         self._trade_nos: set[str] = set()
-        self._sequence = itertools.count(1)
+        self._sequence = 0
+        #: R7's day rules still to come, as a heap of ``(stop, tie, rank, at, order)``: ``stop``
+        #: is the first instant at which the rule has happened (its moment for the notice, just
+        #: after it for the expiry), so the next one is found without looking at every order.
+        self._agenda: list[tuple[dt.datetime, int, int, dt.datetime, _Order]] = []
+        self._agenda_tie = itertools.count()
+        #: An order's day rules fall after the end of the calendar: the clock cannot move.
+        self._beyond_calendar = False
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -261,6 +279,7 @@ class Ledger:
                 self._settle_capture(order, when)
         self._wrote(order, when)
         self.orders[(merchant.merchant_id, number)] = order
+        self._plan_day_rules(order)
         self._record(
             EventKind.SETUP,
             when,
@@ -277,7 +296,8 @@ class Ledger:
         """A 16-digit TradeNo in ECPay's shape: yyMMddHHmmss (Taipei) and a 4-digit sequence."""
         stamp = when.astimezone(TAIPEI).strftime("%y%m%d%H%M%S")
         while True:
-            candidate = f"{stamp}{next(self._sequence) % 10_000:04d}"
+            self._sequence += 1
+            candidate = f"{stamp}{self._sequence % 10_000:04d}"
             if candidate not in self._trade_nos:
                 self._trade_nos.add(candidate)
                 return candidate
@@ -404,35 +424,77 @@ class Ledger:
 
     # -- the clock ---------------------------------------------------------------------------
 
-    def move_to(
-        self,
-        when: dt.datetime,
-        stops: Sequence[tuple[dt.datetime, Callable[[], None]]] = (),
-    ) -> None:
-        """Move the clock forward to ``when``, running every batch and day rule on the way.
-
-        ``stops`` (in time order, each in ``[now, when]``) run with the clock at their moment,
-        after everything that happens up to it, exactly as a request arriving then would see the
-        ledger (late landings). Nothing changes when the move is invalid.
-        """
-        check_aware(when, field="when")
-        if when < self.now:
+    def check_move(self, when: object, *, floor: dt.datetime | None = None) -> dt.datetime:
+        """``when`` if the clock may move there: aware, not before ``floor`` (default: now), and
+        with every batch and day rule on the way inside the calendar; otherwise
+        :class:`InvalidArgument`. Pure: a move checked here cannot fail half-way."""
+        target = check_aware(when, field="when")
+        floor = self.now if floor is None else floor
+        if target < floor:
             raise InvalidArgument(
-                f"the emulator's clock never goes back: {when.isoformat()} is before "
-                f"{self.now.isoformat()}"
+                f"the emulator's clock never goes back: {target.isoformat()} is before "
+                f"{floor.isoformat()}"
             )
-        if stops:
-            self._schedule(self.now, when, None)  # raises before anything changes
-        for at, stop in stops:
-            self._run_to(at)
-            stop()
-        self._run_to(when)
+        try:
+            target.astimezone(TAIPEI)
+        except OverflowError as exc:
+            raise InvalidArgument("the emulator's calendar ends with year 9999") from exc
+        if self._beyond_calendar and target > self.now:
+            raise InvalidArgument("the emulator's calendar ends with year 9999")
+        return target
 
-    def _run_to(self, when: dt.datetime) -> None:
-        happenings = self._schedule(self.now, when, None)
-        self.now = when
-        for happen in happenings:
-            happen()
+    def glide(self, when: dt.datetime) -> bool:
+        """Move the clock to ``when`` if nothing happens on the way (no batch, no day rule);
+        whether it did. The cheap path of a clock that runs in real time."""
+        if when <= self.now:
+            return True
+        if when < self._first_moment():
+            self.now = when
+            return True
+        return False
+
+    def step_toward(
+        self, target: dt.datetime, landing: dt.datetime | None = None
+    ) -> list[Callable[[], None]]:
+        """Move the clock to the first moment after now where something happens (a batch, a
+        day rule, or ``landing``), but not past ``target`` (checked by :meth:`check_move`), and
+        return what happens in between, in time order, as small callables (one order each) for
+        the caller to run under its lock, a few at a time."""
+        instant = min(target, self._first_moment())
+        if landing is not None and self.now < landing < instant:
+            instant = landing
+        happenings = self._schedule(self.now, instant, None)
+        self.now = instant
+        return happenings
+
+    def _first_moment(self) -> dt.datetime:
+        """The first instant after now by which a batch or a day rule has happened (the end of
+        the calendar when none can)."""
+        try:
+            first = next(self.batch_times(self.now, self.now + dt.timedelta(days=2)), _END)
+        except OverflowError:
+            first = _END
+        if self._agenda and self._agenda[0][0] < first:
+            first = self._agenda[0][0]
+        return first
+
+    def _plan_day_rules(self, order: _Order) -> None:
+        """Put R7's notice and expiry of ``order`` (auto-close off) on the agenda, if still to
+        come (a backdated order's earlier ones were replayed by :meth:`authorize`)."""
+        if order.merchant.auto_close:
+            return
+        try:
+            notice = order.authorized_at + self.settings.notice_after
+            expiry = order.authorized_at + self.settings.abandon_after
+            after_expiry = expiry + _INSTANT
+        except OverflowError:
+            self._beyond_calendar = True  # as _schedule would say on any move
+            return
+        if notice > self.now:
+            heapq.heappush(self._agenda, (notice, next(self._agenda_tie), 0, notice, order))
+        if expiry >= self.now:
+            entry = (after_expiry, next(self._agenda_tie), 1, expiry, order)
+            heapq.heappush(self._agenda, entry)
 
     def batch_times(self, start: dt.datetime, end: dt.datetime) -> Iterator[dt.datetime]:
         """Every batch instant in ``(start, end]``, in order (R5)."""
@@ -456,16 +518,23 @@ class Ledger:
     ) -> list[Callable[[], None]]:
         """What happens in ``(start, end]``, in time order: batches and R7's day rules.
 
-        Pure: nothing changes until the caller runs the returned callables. ``only`` restricts
-        the work to some orders (replaying an order authorized in the past); then the batch
-        itself is not logged, only what it did to those orders.
+        Nothing changes until the caller runs the returned callables, except that the day rules
+        returned leave the agenda (the caller moves the clock to ``end``). ``only`` restricts
+        the work to some orders (replaying an order authorized in the past; the agenda is not
+        used); then the batch itself is not logged, only what it did to those orders.
         """
         if end <= start:
             return []
         happenings: list[tuple[dt.datetime, int, int, Callable[[], None]]] = []
         tie = itertools.count()
+        rules = {0: self._notice, 1: self._expire}
         try:
-            for order in self.orders.values() if only is None else only:
+            if only is None:
+                agenda = self._agenda
+                while agenda and agenda[0][0] <= end:
+                    _stop, _tie, rank, at, order = heapq.heappop(agenda)
+                    happenings.append((at, rank, next(tie), _bind(rules[rank], order, at)))
+            for order in () if only is None else only:
                 if order.merchant.auto_close:
                     continue
                 notice = order.authorized_at + self.settings.notice_after
@@ -476,7 +545,16 @@ class Ledger:
                 if start <= expiry < end:
                     happenings.append((expiry, 1, next(tie), _bind(self._expire, order, expiry)))
             for at in self.batch_times(start, end):
-                happenings.append((at, 2, next(tie), _bind(self._batch, at, only)))
+                # One piece per order, so that a clock moving over a batch of many orders can
+                # let requests in between (the orders are the ones known now; an order
+                # authorized at the batch instant comes after it, as it would anyway).
+                tally = _Tally()
+                for order in self._batched(only):
+                    happenings.append(
+                        (at, 2, next(tie), _bind(self._batch_order, order, at, tally))
+                    )
+                if only is None:
+                    happenings.append((at, 2, next(tie), _bind(self._batch_done, at, tally)))
         except OverflowError as exc:
             raise InvalidArgument("the emulator's calendar ends with year 9999") from exc
         happenings.sort(key=lambda item: item[:3])
@@ -506,31 +584,47 @@ class Ledger:
                 note="R7: unclosed after day 90, abandoned without capture",
             )
 
-    def _batch(self, at: dt.datetime, only: list[_Order] | None) -> None:
-        """R5: close every Authorized order of auto-close merchants, then settle every close."""
-        settled = 0
-        for order in self.orders.values() if only is None else only:
-            if (
-                self.settings.batch_closes_authorized
-                and order.merchant.auto_close
-                and order.status in _HOLDING
-            ):
-                order.status = GatewayStatus.TO_BE_CAPTURED
-                order.net = order.amount
-                self._wrote(order, at)
-                self._record(
-                    EventKind.AUTO_CLOSE,
-                    at,
-                    merchant_id=order.merchant.merchant_id,
-                    merchant_trade_no=order.merchant_trade_no,
-                    amount=order.amount,
-                    note="R5: daily auto-close",
-                )
-            if order.status is GatewayStatus.TO_BE_CAPTURED:
-                self._settle(order, at)
-                settled += 1
-        if only is None:
-            self._record(EventKind.BATCH, at, note=f"settled {settled} order(s)")
+    def _batched(self, only: list[_Order] | None) -> list[_Order]:
+        """The orders a batch may change: ``only`` as given (a replay, whose order is still being
+        set up), otherwise those holding under auto-close or with a pending close now. An order
+        that changes between the pieces of a move is checked again when its piece runs, and one
+        that gets a pending close after the batch was planned waits for the next batch, as a
+        request arriving just after the batch would."""
+        if only is not None:
+            return only
+        closes = self.settings.batch_closes_authorized
+        return [
+            order
+            for order in self.orders.values()
+            if order.status is GatewayStatus.TO_BE_CAPTURED
+            or (closes and order.merchant.auto_close and order.status in _HOLDING)
+        ]
+
+    def _batch_order(self, order: _Order, at: dt.datetime, tally: _Tally) -> None:
+        """R5 for one order: with auto-close, an Authorized order is closed; then any pending
+        close is settled."""
+        if (
+            self.settings.batch_closes_authorized
+            and order.merchant.auto_close
+            and order.status in _HOLDING
+        ):
+            order.status = GatewayStatus.TO_BE_CAPTURED
+            order.net = order.amount
+            self._wrote(order, at)
+            self._record(
+                EventKind.AUTO_CLOSE,
+                at,
+                merchant_id=order.merchant.merchant_id,
+                merchant_trade_no=order.merchant_trade_no,
+                amount=order.amount,
+                note="R5: daily auto-close",
+            )
+        if order.status is GatewayStatus.TO_BE_CAPTURED:
+            self._settle(order, at)
+            tally.settled += 1
+
+    def _batch_done(self, at: dt.datetime, tally: _Tally) -> None:
+        self._record(EventKind.BATCH, at, note=f"settled {tally.settled} order(s)")
 
     def _settle(self, order: _Order, at: dt.datetime) -> None:
         """The batch settles a pending close: a capture gets its row, pending refunds are done."""
@@ -554,6 +648,102 @@ class Ledger:
         order.rows.append(CloseRowView(GatewayStatus.CAPTURED, order.net, at))
         if self.settings.credit_settlements:
             order.merchant.balance += order.net
+
+    # -- state files -------------------------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        """Merchants (with their HashKey and HashIV: the file must stay the owner's), orders
+        and the clock as JSON, for :meth:`restore`."""
+        merchants = []
+        for merchant in self.merchants.values():
+            key, iv = merchant.replies.secrets()
+            merchants.append(
+                {
+                    "merchant_id": merchant.merchant_id,
+                    "hash_key": key.reveal().decode("latin-1"),
+                    "hash_iv": iv.reveal().decode("latin-1"),
+                    "auto_close": merchant.auto_close,
+                    "balance": merchant.balance,
+                    "platform_id": merchant.platform_id,
+                }
+            )
+        return {
+            "now": self.now.isoformat(),
+            "trade_no_sequence": self._sequence,
+            "merchants": merchants,
+            "orders": [_order_json(order) for order in self.orders.values()],
+        }
+
+    @classmethod
+    def restore(
+        cls, data: Reader, now: dt.datetime, settings: EmulatorSettings, record: Recorder
+    ) -> Ledger:
+        """The ledger :meth:`dump` wrote, at ``now``; a bad field is a
+        :class:`~ecpay_lifecycle.ConfigurationError` naming it. Logs nothing."""
+        ledger = cls(now, settings, _quiet)
+        for entry in data.items("merchants"):
+            try:
+                ledger.add_merchant(
+                    entry.text("merchant_id"),
+                    entry.text("hash_key").encode("latin-1"),
+                    entry.text("hash_iv").encode("latin-1"),
+                    auto_close=entry.flag("auto_close"),
+                    balance=entry.integer("balance"),
+                    platform_id=entry.optional_text("platform_id"),
+                )
+            except UnicodeEncodeError as error:
+                raise ConfigurationError(
+                    f"{entry.where}: a HashKey or HashIV holds a character that is no byte"
+                ) from error
+            except (InvalidArgument, InvalidArgumentType) as error:
+                raise ConfigurationError(f"{entry.where}: {error}") from error
+        for entry in data.items("orders"):
+            ledger._restore_order(entry)
+        ledger._sequence = data.integer("trade_no_sequence")
+        ledger._record = record
+        return ledger
+
+    def _restore_order(self, entry: Reader) -> None:
+        merchant = self.merchants.get(entry.text("merchant_id"))
+        if merchant is None:
+            raise ConfigurationError(f"{entry.where}.merchant_id is not one of the merchants")
+        number = entry.text("merchant_trade_no")
+        trade_no = entry.text("trade_no")
+        if (merchant.merchant_id, number) in self.orders or trade_no in self._trade_nos:
+            raise ConfigurationError(f"{entry.where} repeats an earlier order")
+        order = _Order(
+            merchant=merchant,
+            merchant_trade_no=number,
+            trade_no=trade_no,
+            trade_id=entry.integer("trade_id"),
+            amount=entry.integer("amount", minimum=1),
+            kind=entry.member("kind", PaymentKind),
+            authorized_at=entry.time("authorized_at"),
+            status=entry.member("status", GatewayStatus),
+            net=entry.integer("net", minimum=None),
+            capture_settled=entry.flag("capture_settled"),
+            rows=[_row(row) for row in entry.items("rows")],
+            refunds=[
+                _Refund(item.integer("amount"), item.time("at"), item.flag("settled"))
+                for item in entry.items("refunds")
+            ],
+        )
+        for item in entry.items("history"):
+            view = attrs.evolve(
+                self.view(order),
+                closed_amount=item.integer("closed_amount", minimum=None),
+                status=item.member("status", GatewayStatus),
+                refunded_total=item.integer("refunded_total"),
+                pending_refund_total=item.integer("pending_refund_total"),
+                close_rows=tuple(_row(row) for row in item.items("rows")),
+                capture_settled=item.flag("capture_settled"),
+            )
+            order.history.append((item.time("changed_at"), view))
+        if not order.history:
+            self._wrote(order, order.authorized_at)
+        self.orders[(merchant.merchant_id, number)] = order
+        self._trade_nos.add(trade_no)
+        self._plan_day_rules(order)
 
     # -- DoAction ----------------------------------------------------------------------------
 
@@ -677,9 +867,67 @@ class Ledger:
         order.net = 0
 
 
+class _Tally:
+    """How many orders one batch settled, counted across its pieces."""
+
+    __slots__ = ("settled",)
+
+    def __init__(self) -> None:
+        self.settled = 0
+
+
 def _shown(view: OrderView) -> tuple[GatewayStatus, int, tuple[CloseRowView, ...]]:
     """What CreditDetail shows that can change: a difference here is a write."""
     return view.status, view.closed_amount, view.close_rows
+
+
+def _quiet(kind: EventKind, at: dt.datetime, **fields: Any) -> None:
+    """A recorder that keeps nothing (restoring a ledger is not an event of it)."""
+
+
+def _rows_json(rows: Sequence[CloseRowView]) -> list[dict[str, Any]]:
+    return [
+        {"status": row.status.name, "amount": row.amount, "at": row.at.isoformat()} for row in rows
+    ]
+
+
+def _row(item: Reader) -> CloseRowView:
+    return CloseRowView(
+        item.member("status", GatewayStatus), item.integer("amount"), item.time("at")
+    )
+
+
+def _order_json(order: _Order) -> dict[str, Any]:
+    """One order for a state file: its truth and the CreditDetail views it keeps."""
+    return {
+        "merchant_id": order.merchant.merchant_id,
+        "merchant_trade_no": order.merchant_trade_no,
+        "trade_no": order.trade_no,
+        "trade_id": order.trade_id,
+        "amount": order.amount,
+        "kind": order.kind.name,
+        "authorized_at": order.authorized_at.isoformat(),
+        "status": order.status.name,
+        "net": order.net,
+        "capture_settled": order.capture_settled,
+        "rows": _rows_json(order.rows),
+        "refunds": [
+            {"amount": refund.amount, "at": refund.at.isoformat(), "settled": refund.settled}
+            for refund in order.refunds
+        ],
+        "history": [
+            {
+                "changed_at": at.isoformat(),
+                "status": view.status.name,
+                "closed_amount": view.closed_amount,
+                "refunded_total": view.refunded_total,
+                "pending_refund_total": view.pending_refund_total,
+                "capture_settled": view.capture_settled,
+                "rows": _rows_json(view.close_rows),
+            }
+            for at, view in order.history
+        ],
+    }
 
 
 def _bind(fn: Callable[..., None], *args: Any) -> Callable[[], None]:
