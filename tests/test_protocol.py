@@ -963,7 +963,10 @@ def test_unionpay_snapshot() -> None:
 def test_impossible_order_is_a_protocol_error(reply: dict[str, Any]) -> None:
     with pytest.raises(ProtocolError, match="impossible") as info:
         snapshot(parsed(reply))
-    assert isinstance(info.value.__cause__, InvalidArgument)
+    # Refused by OrderSnapshot's checks, or (a settled capture on an authorization, which the
+    # snapshot would take from the state) by the parser itself.
+    cause = info.value.__cause__
+    assert isinstance(cause, InvalidArgument) or (cause is None and "settled" in str(info.value))
     assert info.value.raw == reply
     assert info.value.merchant_trade_no == ORDER
 

@@ -216,14 +216,26 @@ def _default_settled(snapshot: OrderSnapshot) -> bool:
     return snapshot.state in (State.CLOSED, State.REFUNDED)
 
 
+#: What the state says of ``capture_settled`` where it says anything: closed and refunded orders
+#: have settled their capture, an authorization (or a failed one) has none.
+_SETTLED_BY_STATE: dict[State, bool] = {
+    State.CLOSED: True,
+    State.REFUNDED: True,
+    State.AUTHORIZED: False,
+    State.UNAUTHORIZED: False,
+}
+
+
 @attrs.frozen(kw_only=True)
 class OrderSnapshot:
     """What the gateway says about one order at one moment (R4: actions are planned from this).
 
     ``closed_amount`` is ECPay's ``ClsAmt``: the net amount closed or waiting to close.
     ``capture_settled`` says a capture has already settled in a batch, which tells the two
-    flavours of :attr:`State.TO_CLOSE` apart (pending refund vs pending capture, R9); it defaults
-    to True for CLOSED and REFUNDED and False otherwise. ``auto_close`` is the merchant's daily
+    flavours of :attr:`State.TO_CLOSE` apart (pending refund vs pending capture, R9). Where the
+    state implies it, it follows from the state whatever is passed (CLOSED and REFUNDED: True;
+    AUTHORIZED and UNAUTHORIZED: False), so a snapshot built from a shop's own records cannot
+    contradict its state; otherwise it defaults to False. ``auto_close`` is the merchant's daily
     auto-close setting (R5, R6, R7). Impossible combinations raise :class:`InvalidArgument`.
     """
 
@@ -243,6 +255,9 @@ class OrderSnapshot:
     )
 
     def __attrs_post_init__(self) -> None:
+        implied = _SETTLED_BY_STATE.get(self.state)
+        if implied is not None and self.capture_settled is not implied:
+            object.__setattr__(self, "capture_settled", implied)
         problem = _snapshot_problem(self)
         if problem is not None:
             raise InvalidArgument(
@@ -282,10 +297,6 @@ def _snapshot_problem(s: OrderSnapshot) -> str | None:
         return f"an order that is {s.state} cannot have a closed amount ({s.closed_amount})"
     if s.state is State.CLOSED and s.closed_amount == 0:
         return "a closed order with nothing closed is refunded, not closed"
-    if s.state in (State.CLOSED, State.REFUNDED) and not s.capture_settled:
-        return f"an order that is {s.state} has had its capture settled"
-    if s.state in (State.AUTHORIZED, State.UNAUTHORIZED) and s.capture_settled:
-        return f"an order that is {s.state} has no settled capture"
     if s.pending_capture and s.closed_amount == 0:
         return "a pending capture of nothing"
     if s.kind is PaymentKind.UNIONPAY and s.state is State.AUTHORIZED:

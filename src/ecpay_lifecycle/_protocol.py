@@ -693,6 +693,14 @@ def snapshot_from(
         raise InvalidArgumentType(f"auto_close must be a bool, not {type(auto_close).__name__}")
     state = detail.status.to_state(detail.closed_amount)
     settled = detail.capture_settled or state in (State.CLOSED, State.REFUNDED)
+    if detail.capture_settled and state in (State.AUTHORIZED, State.UNAUTHORIZED):
+        # OrderSnapshot would take the state's word; a reply saying both is not to be planned on.
+        raise ProtocolError(
+            f"CreditDetail describes an impossible order: {state} with a settled capture "
+            "(a Captured close row)",
+            merchant_trade_no=merchant_trade_no,
+            raw=detail.raw,
+        )
     try:
         return OrderSnapshot(
             merchant_trade_no=merchant_trade_no,
