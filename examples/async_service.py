@@ -28,6 +28,7 @@ production host instead. ``tests/test_client_example.py`` runs this module again
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import json
 import os
 import re
@@ -192,7 +193,12 @@ class RefundService:
                 outcome = await client.refund(order, amount, idempotency_key=key)
         except EcpayError as exc:
             status, body = error_json(exc)
-            extra = [(b"retry-after", b"1800")] if isinstance(exc, RateLimited) else []
+            extra = []
+            if isinstance(exc, RateLimited):
+                # The client sends nothing to ECPay until then (it remembers the 403).
+                when = exc.retry_at or dt.datetime.now(dt.UTC) + dt.timedelta(minutes=30)
+                stamp = email.utils.format_datetime(when.astimezone(dt.UTC), usegmt=True)
+                extra = [(b"retry-after", stamp.encode())]
             return status, body, extra
         return 200, outcome_json(outcome), []
 

@@ -116,7 +116,9 @@ def test_the_example_service_refunds_once_per_key_and_maps_errors() -> None:
                 "/orders/A1/refund", json={"amount": 100}, headers={"Idempotency-Key": "r4"}
             )
             assert limited.status_code == 429
-            assert limited.headers["retry-after"] == "1800"
+            # ECPay's 403 is remembered by the client for 30 minutes: the header says until when.
+            assert limited.headers["retry-after"] == "Sat, 01 Aug 2026 02:30:00 GMT"
+            emulator.advance(dt.timedelta(minutes=30))
 
             rest = await web.post("/orders/A1/refund", json={}, headers={"Idempotency-Key": "r5"})
             assert rest.json()["plan"] == "E(1000) -> N(1000)"

@@ -204,3 +204,38 @@ def test_stage_with_the_opt_in_sends_doaction() -> None:
 def test_the_opt_in_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match="allow_stage_do_action must be a bool"):
         Client(CREDENTIALS, base_url=STAGE_URL, allow_stage_do_action="yes")  # type: ignore[arg-type]
+
+
+# -- what a refusal's message tells a person ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rtn_msg", "hint"),
+    [
+        ("更新失敗.(error_nopay)", "already abandoned"),
+        ("更新失敗.(error_amount_R)", "nothing captured and settled"),
+        ("error_Stop", "contract has expired"),
+    ],
+)
+def test_a_doaction_refusal_names_what_its_token_means_on_doaction(rtn_msg: str, hint: str) -> None:
+    from ecpay_lifecycle import GatewayRefused
+    from ecpay_lifecycle._protocol import build_do_action, parse_do_action
+
+    request = build_do_action(
+        CREDENTIALS,
+        merchant_trade_no="A1",
+        trade_no="2608031000001",
+        action=Action.ABANDON,
+        amount=1000,
+        now=START,
+    )
+    inner = {
+        "MerchantID": MID,
+        "MerchantTradeNo": "A1",
+        "TradeNo": "2608031000001",
+        "RtnCode": 10000002,
+        "RtnMsg": rtn_msg,
+    }
+    with pytest.raises(GatewayRefused, match=hint) as caught:
+        parse_do_action(inner, request=request)
+    assert caught.value.rtn_msg == rtn_msg

@@ -98,6 +98,12 @@ _HINTS = {
     "error_nopay": "no authorization yet; ECPay says to query again in 10 minutes",
     "error_Stop": "merchant not found or its contract has expired",
 }
+# The same token means something else on DoAction (docs/ecpay-api.md section 3) [OBS].
+_DO_ACTION_HINTS = {
+    **_HINTS,
+    "error_nopay": "the authorization is already abandoned: nothing is left to release",
+    "error_amount_R": "nothing captured and settled that R could refund; query the order",
+}
 # Cashier/QueryTrade's OrderInfo.PaymentType (docs/ecpay-api.md section 5). A credit-card
 # order reads ``Credit``, ``Credit_<Sub>`` (AIO's ``Credit_CreditCard``; ``Credit_CreditCard<N>``
 # for N instalments), ``CreditInstallment``, ``FlexibleInstallment`` or ``UnionPay``.
@@ -528,7 +534,9 @@ def parse_do_action(inner: Mapping[str, Any], *, request: WireRequest) -> DoActi
     code = _integer(inner, "RtnCode", order=order, raw=inner)
     message = _message(inner.get("RtnMsg"))
     if code != 1:
-        raise _refused(f"DoAction {request.data.get('Action')}", code, message, order, inner)
+        raise _refused(
+            f"DoAction {request.data.get('Action')}", code, message, order, inner, _DO_ACTION_HINTS
+        )
     _require_echoes(missing, order, inner)
     return DoActionReply(rtn_code=code, rtn_msg=message, raw=dict(inner))
 
@@ -805,10 +813,15 @@ def _check_platform(
 
 
 def _refused(
-    what: str, code: int | None, message: str, order: str | None, raw: Mapping[str, Any]
+    what: str,
+    code: int | None,
+    message: str,
+    order: str | None,
+    raw: Mapping[str, Any],
+    hints: Mapping[str, str] = _HINTS,
 ) -> GatewayRefused:
     token = error_token(message)
-    hint = _HINTS.get(token or "")
+    hint = hints.get(token or "")
     text = f"ECPay refused {what}: RtnCode {code}, RtnMsg {message!r}"
     return GatewayRefused(
         f"{text} ({hint})" if hint else text,
