@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from _core_strategies import BASE, instants, outside_window, snapshots
 from ecpay_lifecycle import (
     Action,
+    Intent,
     InvalidAmount,
     InvalidArgument,
     InvalidArgumentType,
@@ -23,6 +24,7 @@ from ecpay_lifecycle import (
     RefundExceedsCaptured,
     RuleViolation,
     State,
+    plan,
     plan_abandon,
     plan_capture,
     plan_refund,
@@ -483,3 +485,60 @@ def test_refunding_everything_always_ends_with_nothing_held(
     assert plan.final_closed_amount == 0
     assert plan.final_state in (State.ABANDONED, State.TO_CLOSE)
     assert plan.refund_total == snap.refundable
+
+
+# -- one dispatcher beside the three named functions (issue 12 item 2) --------------------------
+
+
+def _outcome_of(call: object) -> object:
+    try:
+        return call()  # type: ignore[operator]
+    except (RuleViolation, InvalidAmount) as refusal:
+        return (type(refusal), getattr(refusal, "rule", None))
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    snapshot=snapshots(),
+    amount=st.none() | st.integers(1, 5000),
+    capture_first=st.booleans(),
+    now=instants(),
+)
+def test_plan_dispatches_exactly_as_the_named_functions(
+    snapshot: OrderSnapshot, amount: int | None, capture_first: bool, now: dt.datetime
+) -> None:
+    refund = _outcome_of(
+        lambda: plan(Intent.REFUND, snapshot, amount, now=now, capture_first=capture_first)
+    )
+    assert refund == _outcome_of(
+        lambda: plan_refund(snapshot, amount, now=now, capture_first=capture_first)
+    )
+    assert _outcome_of(lambda: plan("capture", snapshot, now=now)) == _outcome_of(
+        lambda: plan_capture(snapshot, now=now)
+    )
+    assert _outcome_of(lambda: plan(Intent.ABANDON, snapshot, now=now)) == _outcome_of(
+        lambda: plan_abandon(snapshot, now=now)
+    )
+
+
+@pytest.mark.parametrize(
+    ("intent", "extra", "error"),
+    [
+        ("rebate", {}, InvalidArgument),
+        (3, {}, InvalidArgumentType),
+        (Intent.CAPTURE, {"amount": 100}, InvalidArgument),
+        (Intent.ABANDON, {"capture_first": True}, InvalidArgument),
+    ],
+)
+def test_plan_refuses_what_does_not_belong_to_its_intent(
+    intent: object, extra: dict[str, object], error: type[Exception]
+) -> None:
+    snapshot = OrderSnapshot(
+        merchant_trade_no="A1",
+        trade_no="T1",
+        amount=1000,
+        state=State.AUTHORIZED,
+        authorized_at=NOW - dt.timedelta(hours=1),
+    )
+    with pytest.raises(error):
+        plan(intent, snapshot, now=NOW, **extra)  # type: ignore[arg-type]

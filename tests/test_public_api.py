@@ -14,7 +14,7 @@ EXPECTED = {
     "Action", "GatewayStatus", "Intent", "OrderSnapshot", "PaymentKind", "Plan", "State", "Step",
     "TAIPEI",
     # the planner
-    "plan_abandon", "plan_capture", "plan_refund",
+    "plan", "plan_abandon", "plan_capture", "plan_refund",
     # talking to ECPay
     "AesCodec", "AsyncClient", "Client", "Credentials", "PRODUCTION_URL", "STAGE_URL",
     "CashierInfo", "CloseRow", "CreditDetail", "DoActionReply",

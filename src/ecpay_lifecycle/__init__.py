@@ -62,7 +62,7 @@ from ._models import (
     Step,
 )
 from ._outcome import Outcome, Reconciliation, Resolution, StepResult, SweepReport, Verdict
-from ._planner import plan_abandon, plan_capture, plan_refund
+from ._planner import plan, plan_abandon, plan_capture, plan_refund
 from ._postgres import PostgresJournal, PostgresLeaseLocks, PostgresOrderLocks
 from ._postgres_async import AsyncPostgresJournal, AsyncPostgresOrderLocks
 from ._protocol import (
@@ -154,6 +154,7 @@ __all__ = [
     "Verdict",
     "WrongCredentials",
     "arbitrate",
+    "plan",
     "plan_abandon",
     "plan_capture",
     "plan_refund",

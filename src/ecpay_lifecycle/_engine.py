@@ -887,14 +887,13 @@ class Engine:
         )
 
     def _plan(self, call: Call, snapshot: OrderSnapshot) -> Plan:
-        now = self.now()
-        if call.intent is Intent.REFUND:
-            return _planner.plan_refund(
-                snapshot, call.amount, now=now, capture_first=call.capture_first
-            )
-        if call.intent is Intent.CAPTURE:
-            return _planner.plan_capture(snapshot, now=now)
-        return _planner.plan_abandon(snapshot, now=now)
+        return _planner.plan(
+            call.intent,
+            snapshot,
+            call.amount,
+            now=self.now(),
+            capture_first=call.capture_first,
+        )
 
     def operation_flow(self, run: Run, call: Call) -> Flow[Outcome]:
         """Resolve the key's own open attempt (R22), query (R4), plan, and carry out each step."""

@@ -15,7 +15,13 @@ from __future__ import annotations
 import datetime as dt
 
 from . import _lifecycle, _rules
-from ._exceptions import InvalidAmount, InvalidArgumentType, RefundExceedsCaptured, RuleViolation
+from ._exceptions import (
+    InvalidAmount,
+    InvalidArgument,
+    InvalidArgumentType,
+    RefundExceedsCaptured,
+    RuleViolation,
+)
 from ._models import (
     Action,
     Intent,
@@ -28,7 +34,7 @@ from ._models import (
     check_aware,
 )
 
-__all__ = ["plan_abandon", "plan_capture", "plan_refund"]
+__all__ = ["plan", "plan_abandon", "plan_capture", "plan_refund"]
 
 # Each planned action with its trigger in the lifecycle table.
 _C = (Action.CLOSE, "close")
@@ -183,6 +189,36 @@ def plan_abandon(snapshot: OrderSnapshot, *, now: dt.datetime) -> Plan:
             merchant_trade_no=snapshot.merchant_trade_no,
         )
     return _walk(snapshot, Intent.ABANDON, actions, now, reason)
+
+
+def plan(
+    intent: Intent | str,
+    snapshot: OrderSnapshot,
+    amount: int | None = None,
+    *,
+    now: dt.datetime,
+    capture_first: bool = False,
+) -> Plan:
+    """Plan ``intent`` (an :class:`Intent` or its value) for ``snapshot``: the one entry point
+    beside :func:`plan_refund`, :func:`plan_capture` and :func:`plan_abandon`, for callers that
+    hold the intent as data. ``amount`` and ``capture_first`` belong to a refund only; given
+    with another intent they are refused rather than ignored."""
+    if isinstance(intent, str) and not isinstance(intent, Intent):
+        try:
+            intent = Intent(intent)
+        except ValueError:
+            raise InvalidArgument(
+                f"intent must be one of {', '.join(i.value for i in Intent)}, got {intent!r}"
+            ) from None
+    if not isinstance(intent, Intent):
+        raise InvalidArgumentType(f"intent must be an Intent, not {type(intent).__name__}")
+    if intent is Intent.REFUND:
+        return plan_refund(snapshot, amount, now=now, capture_first=capture_first)
+    if amount is not None or capture_first:
+        raise InvalidArgument(f"amount and capture_first apply to a refund, not to {intent}")
+    if intent is Intent.CAPTURE:
+        return plan_capture(snapshot, now=now)
+    return plan_abandon(snapshot, now=now)
 
 
 def _check_snapshot(snapshot: object) -> None:
