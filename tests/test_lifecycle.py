@@ -209,3 +209,47 @@ def test_partial_r_on_a_pending_capture_lowers_the_closed_amount() -> None:
         Position(L.TO_CLOSE_CAPTURE, 1, None),
         "R13",
     )
+
+
+# -- one lifecycle: the fast table is the machine, compiled (issue 12 item 1) ---------------------
+
+
+def test_the_fast_table_is_compiled_from_the_machines_own_transitions() -> None:
+    machine_rows = {
+        (source, trigger): [
+            (t.dest, t.rule, [c.func.guard for c in t.conditions])  # type: ignore[attr-defined, union-attr]
+            for t in transitions
+        ]
+        for trigger, event in _lifecycle.MACHINE.events.items()
+        for source, transitions in event.transitions.items()
+    }
+    table = _lifecycle._TABLE
+    assert set(table) == set(machine_rows)
+    for key, rows in table.items():
+        assert [(row.dest, row.rule) for row in rows] == [
+            (dest, rule) for dest, rule, _ in machine_rows[key]
+        ]
+    # Every guard of every declared row reached the machine, in order.
+    declared = {}
+    for spec in _lifecycle.TRANSITIONS:
+        declared.setdefault((spec.source, spec.trigger), []).append(list(spec.guards))
+    assert {key: [g for _, _, g in rows] for key, rows in machine_rows.items()} == declared
+
+
+@given(
+    state=st.sampled_from(list(State)),
+    closed=st.integers(0, 3000),
+    amount=st.integers(1, 3000),
+    auto_close=st.booleans(),
+)
+def test_after_batch_fires_the_machines_batch_rows(
+    state: State, closed: int, amount: int, auto_close: bool
+) -> None:
+    facts = _lifecycle.Context(amount, PaymentKind.ONE_TIME, auto_close, BASE, BASE)
+    after = _lifecycle.after_batch(state, closed, facts)
+    if state is State.TO_CLOSE:
+        assert after == ((State.CLOSED if closed > 0 else State.REFUNDED), closed)
+    elif state is State.AUTHORIZED and auto_close:
+        assert after == (State.CLOSED, amount)
+    else:
+        assert after == (state, closed)

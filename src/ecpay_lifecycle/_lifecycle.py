@@ -8,8 +8,15 @@ The lifecycle is docs/ecpay-api.md section 6.
   :mod:`._rules`. It is driven through one private holder under a lock, never a machine or a
   model per order (a machine costs ~30 KB and ~100-200 µs; ``add_model`` per order grows with the
   number of live orders, and attrs' ``eq=True`` would make two equal orders share triggers).
-* ``fire``: the same table compiled at import into a dict of plain functions, for the planner's
-  hot path. A test drives both with the same inputs and checks they agree.
+* ``fire``: the machine compiled at import into a dict of plain functions (its transitions, in
+  order, with their conditions' guards, rules and effects), for the planner's hot path. A test
+  drives both with the same inputs and checks they agree.
+
+The division of labour: the planner checks the *intent* (what to send, in which order, for the
+outcome the caller wants, and the rules that no single step sees, like R18's capture first); the
+machine checks *one DoAction at a time* (each step of a plan is fired through it, and its guards
+refuse with the rule's number). :func:`after_batch` fires the machine's batch rows, for the
+judgement of unknown outcomes.
 
 A failed guard becomes a :class:`RuleViolation` naming the rule; transitions alone would return a
 silent ``False``. Gateway events (``authorize``, ``batch``, ``expire``, ``bank_event``) are in the
@@ -40,6 +47,7 @@ __all__ = [
     "Context",
     "Position",
     "TransitionSpec",
+    "after_batch",
     "fire",
     "fire_via_machine",
     "position_of",
@@ -407,22 +415,6 @@ def _chain(guards: tuple[Guard, ...]) -> Guard:
     return check
 
 
-def _compile() -> dict[tuple[str, str], tuple[_Compiled, ...]]:
-    table: dict[tuple[str, str], list[_Compiled]] = {}
-    for spec in TRANSITIONS:
-        row = _Compiled(
-            spec.dest,
-            spec.rule,
-            _chain(tuple(GUARDS[g] for g in spec.guards)),
-            EFFECTS[spec.effect],
-        )
-        table.setdefault((spec.source, spec.trigger), []).append(row)
-    return {key: tuple(rows) for key, rows in table.items()}
-
-
-_TABLE: Final = _compile()
-
-
 def _no_transition(pos: Position, trigger: str, order: Facts) -> RuleViolation:
     action = next((a for a, t in DO_ACTION_TRIGGERS.items() if t == trigger), None)
     if action is not None and not _rules.action_applies_to_kind(action.value, order.kind):
@@ -455,6 +447,21 @@ def step(
         first = first or refusal
     assert first is not None  # every row had a failing guard
     raise first
+
+
+def after_batch(state: State, closed_amount: int, order: Facts) -> tuple[State, int]:
+    """What ECPay's daily batch makes of an order at (``state``, ``closed_amount``): the
+    machine's ``batch`` rows fired on it (a pending close settles, Closed or Refunded; with
+    auto-close on an authorization is closed for its whole amount, R5); unchanged where no batch
+    row applies. The two flavours of TO_CLOSE settle alike, so the state alone is enough."""
+    name = state._value_
+    if state is State.TO_CLOSE:
+        name = TO_CLOSE_REFUND if closed_amount == 0 else TO_CLOSE_CAPTURE
+    try:
+        after, _ = step(Position(name, closed_amount, None), "batch", order, order.authorized_at, 0)
+    except RuleViolation:
+        return state, closed_amount
+    return STATE_OF[after.state], after.closed_amount
 
 
 def fire(pos: Position, trigger: str, ctx: Context) -> tuple[Position, str]:
@@ -492,7 +499,7 @@ class _Holder:
 def _machine_guard(name: str) -> Callable[[EventData], bool]:
     guard = GUARDS[name]
 
-    def condition(event: EventData) -> bool:
+    def condition(event: EventData) -> bool:  # the machine's own condition, named for compiling
         holder = cast(_Holder, event.model)
         ctx = holder.context
         assert ctx is not None
@@ -501,6 +508,7 @@ def _machine_guard(name: str) -> Callable[[EventData], bool]:
             holder.refusal = refusal
         return refusal is None
 
+    condition.guard = name  # type: ignore[attr-defined]  # read back by _compile
     return condition
 
 
@@ -537,6 +545,37 @@ for _spec in TRANSITIONS:
         effect=_spec.effect,
     )
 del _spec
+
+
+def _compile() -> dict[tuple[str, str], tuple[_Compiled, ...]]:
+    """The planner's fast table, compiled from the machine's own transitions: per (source,
+    trigger), each transition in the machine's order, its conditions' guards chained into one
+    function, its rule and its effect. The machine is the single source; :data:`TRANSITIONS`
+    only declares what it is built from."""
+    table: dict[tuple[str, str], tuple[_Compiled, ...]] = {}
+    for trigger, event in MACHINE.events.items():
+        for source, transitions in event.transitions.items():
+            rows = []
+            for transition in transitions:
+                assert isinstance(transition, _RuledTransition)
+                assert transition.dest is not None
+                guards = tuple(
+                    GUARDS[getattr(condition.func, "guard")]  # noqa: B009 - set by _machine_guard
+                    for condition in transition.conditions
+                )
+                rows.append(
+                    _Compiled(
+                        transition.dest,
+                        transition.rule,
+                        _chain(guards),
+                        EFFECTS[transition.effect],
+                    )
+                )
+            table[source, trigger] = tuple(rows)
+    return table
+
+
+_TABLE: Final = _compile()
 
 
 def fire_via_machine(pos: Position, trigger: str, ctx: Context) -> tuple[Position, str]:

@@ -16,6 +16,7 @@ import enum
 
 import attrs
 
+from ._lifecycle import after_batch
 from ._models import Action, Intent, OrderSnapshot, Plan, State
 
 __all__ = [
@@ -165,19 +166,6 @@ class SweepReport:
         )
 
 
-def _settled(state: State, closed_amount: int, amount: int, auto_close: bool) -> tuple[State, int]:
-    """What ECPay's daily batch turns a (state, closed amount) into (docs/ecpay-api.md section 10).
-
-    A pending close settles (Closed, or Refunded when nothing is left); with auto-close on an
-    authorized order is first closed for its whole amount (R5). Everything else stays.
-    """
-    if state is State.TO_CLOSE:
-        return (State.CLOSED if closed_amount > 0 else State.REFUNDED), closed_amount
-    if state is State.AUTHORIZED and auto_close:
-        return State.CLOSED, amount
-    return state, closed_amount
-
-
 def judge(
     before: OrderSnapshot,
     observed: OrderSnapshot,
@@ -201,10 +189,12 @@ def judge(
         return Verdict.DONE
     if seen == was:
         return Verdict.NOT_DONE
-    settled_was = _settled(*was, before.amount, before.auto_close)
+    # The batch may run between the step and the query: its rows of the machine, fired on
+    # either side (docs/ecpay-api.md section 10).
+    settled_was = after_batch(*was, before)
     if expected is None:
         return Verdict.NOT_DONE if seen == settled_was else Verdict.UNKNOWN
-    settled_expected = _settled(*expected, before.amount, before.auto_close)
+    settled_expected = after_batch(*expected, before)
     if settled_expected == settled_was:
         return Verdict.UNKNOWN
     if seen == settled_expected:

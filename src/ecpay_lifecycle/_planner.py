@@ -8,6 +8,10 @@ sentence, and say when the action becomes possible where waiting helps.
 
 Order of checks: the caller's input (typed errors), then what the order's state makes permanently
 impossible, then the order's kind, then the time of day (R5) and the day count (R6, R7).
+
+The division of labour with :mod:`._lifecycle`: the planner checks the *intent* (the recipe, the
+order of its steps, and what no single step sees, such as R18's capture first); the machine
+checks *one DoAction at a time*, and every step planned here is fired through its compiled table.
 """
 
 from __future__ import annotations
