@@ -190,29 +190,35 @@ def read_credentials_file(path: str | os.PathLike[str]) -> dict[str, str]:
     never its text, which may hold a secret."""
     where = os.fspath(path)
     try:
-        info = os.stat(where)
+        # Checked on the open file, so the file read is the file checked; O_NONBLOCK keeps a
+        # FIFO from hanging the command before the check refuses it.
+        fd = os.open(where, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise ConfigurationError(
             f"cannot read the credentials file {where}: {exc.strerror}"
         ) from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ConfigurationError(f"the credentials file {where} is not a regular file")
-    if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
-        raise ConfigurationError(
-            f"the credentials file {where} belongs to another user (uid {info.st_uid}); it "
-            "must be yours and readable only by you"
-        )
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077:
-        raise ConfigurationError(
-            f"the credentials file {where} can be read or changed by its group or by others "
-            f"(mode {mode:04o}); nothing was read from it. Run: chmod 600 {where}"
-        )
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigurationError(f"the credentials file {where} is not a regular file")
+        if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+            raise ConfigurationError(
+                f"the credentials file {where} belongs to another user (uid {info.st_uid}); "
+                "it must be yours and readable only by you"
+            )
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            raise ConfigurationError(
+                f"the credentials file {where} can be read or changed by its group or by "
+                f"others (mode {mode:04o}); nothing was read from it. Run: chmod 600 {where}"
+            )
+        data = handle.read()
     try:
-        text = pathlib.Path(where).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
-        raise ConfigurationError(f"cannot read the credentials file {where}: {reason}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigurationError(
+            f"cannot read the credentials file {where}: it is not UTF-8 text"
+        ) from None
     settings: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
