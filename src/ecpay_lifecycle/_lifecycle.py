@@ -26,6 +26,7 @@ table too, so the diagram and the tests see the whole lifecycle, but the library
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Final, NamedTuple, Protocol, cast
@@ -45,6 +46,7 @@ __all__ = [
     "TERMINAL_STATES",
     "TRANSITIONS",
     "Context",
+    "Phase",
     "Position",
     "TransitionSpec",
     "after_batch",
@@ -54,26 +56,37 @@ __all__ = [
     "state_of",
 ]
 
-# Machine states. TO_CLOSE has two flavours the gateway shows with one status (R9).
-UNAUTHORIZED: Final = "unauthorized"
-AUTHORIZED: Final = "authorized"
-TO_CLOSE_CAPTURE: Final = "to_close_capture"
-TO_CLOSE_REFUND: Final = "to_close_refund"
-CLOSED: Final = "closed"
-ABANDONED: Final = "abandoned"
-REFUNDED: Final = "refunded"
-UNSETTLED: Final = "unsettled"
 
-MACHINE_STATES: Final = (
-    UNAUTHORIZED,
-    AUTHORIZED,
-    TO_CLOSE_CAPTURE,
-    TO_CLOSE_REFUND,
-    CLOSED,
-    ABANDONED,
-    REFUNDED,
-    UNSETTLED,
-)
+class Phase(enum.StrEnum):
+    """Where an order stands in the machine: its :class:`State`, with TO_CLOSE's two flavours,
+    which the gateway shows with one status, told apart (R9). The one vocabulary of the
+    lifecycle: the machine's states, the compiled table's keys and :class:`Position` use it."""
+
+    UNAUTHORIZED = "unauthorized"
+    AUTHORIZED = "authorized"
+    TO_CLOSE_CAPTURE = "to_close_capture"
+    TO_CLOSE_REFUND = "to_close_refund"
+    CLOSED = "closed"
+    ABANDONED = "abandoned"
+    REFUNDED = "refunded"
+    UNSETTLED = "unsettled"
+
+    @property
+    def state(self) -> State:
+        """The public :class:`State` this phase is shown as."""
+        return STATE_OF[self]
+
+
+UNAUTHORIZED: Final = Phase.UNAUTHORIZED
+AUTHORIZED: Final = Phase.AUTHORIZED
+TO_CLOSE_CAPTURE: Final = Phase.TO_CLOSE_CAPTURE
+TO_CLOSE_REFUND: Final = Phase.TO_CLOSE_REFUND
+CLOSED: Final = Phase.CLOSED
+ABANDONED: Final = Phase.ABANDONED
+REFUNDED: Final = Phase.REFUNDED
+UNSETTLED: Final = Phase.UNSETTLED
+
+MACHINE_STATES: Final = tuple(Phase)
 #: States with no way out: nothing is left to move (UNSETTLED: nothing the library may do).
 TERMINAL_STATES: Final = frozenset({ABANDONED, REFUNDED, UNSETTLED})
 
@@ -85,7 +98,7 @@ DO_ACTION_TRIGGERS: Final[Mapping[Action, str]] = {
     Action.ABANDON: "abandon",
 }
 
-STATE_OF: Final[Mapping[str, State]] = {
+STATE_OF: Final[Mapping[Phase, State]] = {
     UNAUTHORIZED: State.UNAUTHORIZED,
     AUTHORIZED: State.AUTHORIZED,
     TO_CLOSE_CAPTURE: State.TO_CLOSE,
@@ -104,7 +117,7 @@ class Position(NamedTuple):
     A NamedTuple rather than an attrs value: it is internal, immutable, and made at every step
     of the planner's hot path, where a tuple is half the cost."""
 
-    state: str
+    state: Phase
     closed_amount: int
     settled_amount: int | None
 
@@ -128,8 +141,8 @@ class TransitionSpec:
     ``rule``, if every guard passes, with ``effect`` applied to the closed amount."""
 
     trigger: str
-    source: str
-    dest: str
+    source: Phase
+    dest: Phase
     rule: str
     guards: tuple[str, ...] = ()
     effect: str = "keep"
@@ -374,7 +387,7 @@ GUARDS: Final[Mapping[str, Guard]] = {
 }
 
 #: An effect computes the position after a row is taken: (before, facts, TotalAmount, dest).
-Effect = Callable[[Position, Facts, int, str], Position]
+Effect = Callable[[Position, Facts, int, Phase], Position]
 
 EFFECTS: Final[Mapping[str, Effect]] = {
     "keep": lambda p, _o, _a, dest: Position(dest, p.closed_amount, p.settled_amount),
@@ -392,7 +405,7 @@ EFFECTS: Final[Mapping[str, Effect]] = {
 
 @attrs.frozen
 class _Compiled:
-    dest: str
+    dest: Phase
     rule: str
     check: Guard
     effect: Effect
@@ -454,9 +467,7 @@ def after_batch(state: State, closed_amount: int, order: Facts) -> tuple[State, 
     machine's ``batch`` rows fired on it (a pending close settles, Closed or Refunded; with
     auto-close on an authorization is closed for its whole amount, R5); unchanged where no batch
     row applies. The two flavours of TO_CLOSE settle alike, so the state alone is enough."""
-    name = state._value_
-    if state is State.TO_CLOSE:
-        name = TO_CLOSE_REFUND if closed_amount == 0 else TO_CLOSE_CAPTURE
+    name = _NAME_OF[state, closed_amount == 0]
     try:
         after, _ = step(Position(name, closed_amount, None), "batch", order, order.authorized_at, 0)
     except RuleViolation:
@@ -491,7 +502,7 @@ class _Holder:
     state: str
 
     def __init__(self) -> None:
-        self.position = Position(UNAUTHORIZED, 0, None)
+        self.position = Position(Phase.UNAUTHORIZED, 0, None)
         self.context: Context | None = None
         self.refusal: RuleViolation | None = None
 
@@ -520,7 +531,7 @@ def _machine_effect(event: EventData) -> None:
     assert transition.dest is not None
     ctx = holder.context
     holder.position = EFFECTS[transition.effect](
-        holder.position, ctx, ctx.event_amount, transition.dest
+        holder.position, ctx, ctx.event_amount, Phase(transition.dest)
     )
 
 
@@ -528,8 +539,8 @@ _HOLDER: Final = _Holder()
 _LOCK: Final = threading.Lock()
 MACHINE: Final = _LifecycleMachine(
     model=_HOLDER,
-    states=list(MACHINE_STATES),
-    initial=UNAUTHORIZED,
+    states=[phase.value for phase in Phase],  # plain str: transitions renames Enum states
+    initial=Phase.UNAUTHORIZED.value,
     auto_transitions=False,
     send_event=True,
     ignore_invalid_triggers=False,
@@ -537,8 +548,8 @@ MACHINE: Final = _LifecycleMachine(
 for _spec in TRANSITIONS:
     MACHINE.add_transition(
         _spec.trigger,
-        _spec.source,
-        _spec.dest,
+        _spec.source.value,
+        _spec.dest.value,
         conditions=[_machine_guard(g) for g in _spec.guards],
         after=_machine_effect,
         rule=_spec.rule,
@@ -547,12 +558,12 @@ for _spec in TRANSITIONS:
 del _spec
 
 
-def _compile() -> dict[tuple[str, str], tuple[_Compiled, ...]]:
+def _compile() -> dict[tuple[Phase, str], tuple[_Compiled, ...]]:
     """The planner's fast table, compiled from the machine's own transitions: per (source,
     trigger), each transition in the machine's order, its conditions' guards chained into one
     function, its rule and its effect. The machine is the single source; :data:`TRANSITIONS`
     only declares what it is built from."""
-    table: dict[tuple[str, str], tuple[_Compiled, ...]] = {}
+    table: dict[tuple[Phase, str], tuple[_Compiled, ...]] = {}
     for trigger, event in MACHINE.events.items():
         for source, transitions in event.transitions.items():
             rows = []
@@ -565,13 +576,13 @@ def _compile() -> dict[tuple[str, str], tuple[_Compiled, ...]]:
                 )
                 rows.append(
                     _Compiled(
-                        transition.dest,
+                        Phase(transition.dest),
                         transition.rule,
                         _chain(guards),
                         EFFECTS[transition.effect],
                     )
                 )
-            table[source, trigger] = tuple(rows)
+            table[Phase(source), trigger] = tuple(rows)
     return table
 
 
@@ -584,7 +595,7 @@ def fire_via_machine(pos: Position, trigger: str, ctx: Context) -> tuple[Positio
     The two must always agree; ``tests/test_lifecycle.py`` checks it.
     """
     with _LOCK:
-        MACHINE.set_state(pos.state, model=_HOLDER)
+        MACHINE.set_state(Phase(pos.state).value, model=_HOLDER)
         _HOLDER.position = pos
         _HOLDER.context = ctx
         _HOLDER.refusal = None
@@ -603,16 +614,16 @@ def fire_via_machine(pos: Position, trigger: str, ctx: Context) -> tuple[Positio
         return _HOLDER.position, taken[0].rule
 
 
-def state_of(machine_state: str) -> State:
+def state_of(machine_state: Phase) -> State:
     """The public :class:`State` a machine state is shown as."""
     return STATE_OF[machine_state]
 
 
-_NAME_OF: Final[Mapping[tuple[State, bool], str]] = {
+_NAME_OF: Final[Mapping[tuple[State, bool], Phase]] = {
     (state, settled): (
         (TO_CLOSE_REFUND if settled else TO_CLOSE_CAPTURE)
         if state is State.TO_CLOSE
-        else state._value_
+        else Phase(state.value)
     )
     for state in State
     for settled in (False, True)
@@ -643,7 +654,7 @@ def context_of(snapshot: OrderSnapshot, now: dt.datetime, event_amount: int = 0)
     )
 
 
-SETTLED_AFTER: Final[Mapping[str, bool]] = {
+SETTLED_AFTER: Final[Mapping[Phase, bool]] = {
     TO_CLOSE_REFUND: True,
     CLOSED: True,
     REFUNDED: True,
@@ -654,6 +665,6 @@ SETTLED_AFTER: Final[Mapping[str, bool]] = {
 }
 
 
-def settled_after(machine_state: str, before: bool) -> bool:
+def settled_after(machine_state: Phase, before: bool) -> bool:
     """Whether a capture has settled once the order is in ``machine_state`` (``before``: it had)."""
     return SETTLED_AFTER.get(machine_state, before)

@@ -535,7 +535,12 @@ def parse_do_action(inner: Mapping[str, Any], *, request: WireRequest) -> DoActi
     message = _message(inner.get("RtnMsg"))
     if code != 1:
         raise _refused(
-            f"DoAction {request.data.get('Action')}", code, message, order, inner, _DO_ACTION_HINTS
+            f"DoAction {request.data.get('Action')}",
+            code,
+            message,
+            order,
+            inner,
+            hints=_DO_ACTION_HINTS,
         )
     _require_echoes(missing, order, inner)
     return DoActionReply(rtn_code=code, rtn_msg=message, raw=dict(inner))
@@ -818,6 +823,7 @@ def _refused(
     message: str,
     order: str | None,
     raw: Mapping[str, Any],
+    *,
     hints: Mapping[str, str] = _HINTS,
 ) -> GatewayRefused:
     token = error_token(message)
