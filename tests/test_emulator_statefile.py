@@ -14,11 +14,13 @@ import json
 import os
 import pathlib
 import stat
+import traceback
 from typing import Any
 
 import pytest
 
-from ecpay_lifecycle import Action, ConfigurationError, GatewayStatus, PaymentKind
+from ecpay_lifecycle import Action, ConfigurationError, GatewayStatus, InvalidArgument, PaymentKind
+from ecpay_lifecycle._codec import Secret
 from ecpay_lifecycle.emulator import Emulator, EmulatorSettings, Endpoint, EventKind, Fault
 from ecpay_lifecycle.emulator._persist import (
     VERSION,
@@ -187,7 +189,7 @@ def test_write_owner_only_makes_and_replaces_a_0600_file(tmp_path: pathlib.Path)
     path = tmp_path / "state.json"
     path.write_text("old", encoding="utf-8")
     path.chmod(0o644)
-    write_owner_only(path, "new\n")
+    write_owner_only(path, Secret("new\n"))
     assert path.read_text(encoding="utf-8") == "new\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert os.listdir(tmp_path) == ["state.json"]  # no temporary file left behind
@@ -207,7 +209,7 @@ def test_serve_state_option_loads_what_was_saved_and_adds_missing_merchants(
     tmp_path: pathlib.Path,
 ) -> None:
     path = tmp_path / "team.json"
-    write_owner_only(path, json.dumps(busy().dump_state()))
+    write_owner_only(path, Secret(json.dumps(busy().dump_state())))
     env = {"ECPAY_EMULATOR_MERCHANTS": f"{MID}:{KEY}:{IV} 3000001:{KEY}:{IV}"}
     notes: list[str] = []
     loaded = build_emulator(
@@ -231,7 +233,7 @@ def test_serve_refuses_a_bad_state_file_in_one_line(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "state.json"
-    write_owner_only(path, "{not json")
+    write_owner_only(path, Secret("{not json"))
     assert run(parse("--state", str(path)), environ={}) == 2
     err = capsys.readouterr().err
     assert err.startswith("ecpay-lifecycle serve: error: state file")
@@ -239,7 +241,7 @@ def test_serve_refuses_a_bad_state_file_in_one_line(
     assert "Traceback" not in err
     state = busy().dump_state()
     state["version"] = VERSION + 1
-    write_owner_only(path, json.dumps(state))
+    write_owner_only(path, Secret(json.dumps(state)))
     assert run(parse("--state", str(path)), environ={}) == 2
     assert "newer ecpay-lifecycle" in capsys.readouterr().err
     path.chmod(0o644)
@@ -247,3 +249,44 @@ def test_serve_refuses_a_bad_state_file_in_one_line(
     err = capsys.readouterr().err
     assert "can be read by other users" in err
     assert KEY not in err
+
+
+def test_refusals_leave_no_secret_in_a_traceback_with_its_locals(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What pytest --showlocals or Sentry would print when serve refuses a state file, a
+    merchants entry or a seed: never a HashKey or HashIV, though each of them holds some."""
+    state = busy().dump_state()
+    broken = tmp_path / "broken.json"
+    write_owner_only(broken, Secret(json.dumps(state)[:-20]))  # cut short: not JSON
+    bad_field = tmp_path / "field.json"
+    write_owner_only(bad_field, Secret(json.dumps({**state, "event_seq": "x"})))
+    seed = tmp_path / "seed.json"
+    seed.write_text(
+        json.dumps({"merchants": [{"merchant_id": "x-1", "hash_key": KEY, "hash_iv": IV}]}),
+        encoding="utf-8",
+    )
+    cases = [
+        (("--state", str(broken)), f"{MID}:{KEY}:{IV}"),
+        (("--state", str(bad_field)), ""),
+        ((), f"{MID}:{KEY}:{IV},{MID}:{KEY}"),
+        (("--seed", str(seed)), ""),
+    ]
+    for argv, variable in cases:
+        monkeypatch.setenv("ECPAY_EMULATOR_MERCHANTS", variable)
+        with pytest.raises(InvalidArgument) as caught:
+            build_emulator(parse(*argv))
+        frames = [
+            frame
+            for error in (caught.value, caught.value.__cause__, caught.value.__context__)
+            if error is not None
+            for frame, _line in traceback.walk_tb(error.__traceback__)
+            if "ecpay_lifecycle" in frame.f_code.co_filename
+        ]
+        assert frames
+        for frame in frames:
+            for name, value in frame.f_locals.items():
+                shown = f"{name}={value!r}"
+                assert KEY not in shown, (frame.f_code.co_qualname, name)
+                assert IV not in shown, (frame.f_code.co_qualname, name)
+        assert KEY not in str(caught.value)

@@ -476,22 +476,7 @@ def _state_with_a_bad_field() -> dict[str, Any]:
     return {**_registered().dump_state(), "event_seq": "x"}
 
 
-def _locals_case(name: str) -> Any:
-    case = REFUSALS[name]
-    if name == "emulator state refused":
-        return pytest.param(
-            case,
-            marks=pytest.mark.xfail(
-                raises=AssertionError,
-                strict=True,
-                reason="for the state file's owner: Emulator.from_state keeps the state it "
-                "refuses, secrets in the clear, in its local 'data'",
-            ),
-        )
-    return case
-
-
-@pytest.mark.parametrize("case", [_locals_case(name) for name in REFUSALS], ids=REFUSALS.keys())
+@pytest.mark.parametrize("case", REFUSALS.values(), ids=REFUSALS.keys())
 def test_no_secret_in_the_locals_when_a_constructor_refuses_its_arguments(
     case: tuple[Callable[[], object], type[EcpayError], str],
 ) -> None:

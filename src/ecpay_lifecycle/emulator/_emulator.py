@@ -576,7 +576,8 @@ class Emulator:
         newer format than this version reads, raises
         :class:`~ecpay_lifecycle.ConfigurationError` saying what and where (never a value).
         """
-        reader = Reader(data, "")
+        reader = Reader(data, "")  # holds it as a Secret: the state has HashKeys in the clear
+        del data
         if reader.optional_text("format") != FORMAT:
             raise ConfigurationError(f"not an emulator state: its format is not {FORMAT!r}")
         version = reader.integer("version", minimum=1)

@@ -16,10 +16,11 @@ import pathlib
 import stat
 import tempfile
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
+from ecpay_lifecycle._codec import Secret
 from ecpay_lifecycle._exceptions import ConfigurationError, InvalidArgument
 from ecpay_lifecycle._models import Action, GatewayStatus, check_aware
 
@@ -123,15 +124,18 @@ class Reader:
 
     Every error is a :class:`ConfigurationError` naming where in the file the problem is
     (``orders[3].status``) and what was expected, never the value found: the file holds
-    HashKeys, and a swapped field could put one anywhere.
+    HashKeys, and a swapped field could put one anywhere. The object is held in a
+    :class:`Secret`, so neither a repr nor a traceback's locals show it.
     """
 
-    __slots__ = ("_data", "_where")
+    __slots__ = ("_held", "_where")
 
     def __init__(self, data: object, where: str) -> None:
-        if not isinstance(data, dict):
+        held: Secret[object] = Secret(data)
+        del data  # out of the locals a traceback shows
+        if not isinstance(held.reveal(), dict):
             raise ConfigurationError(f"{where or 'the state'} must be a JSON object")
-        self._data: Mapping[str, Any] = data
+        self._held = cast("Secret[Mapping[str, Any]]", held)
         self._where = where
 
     @property
@@ -143,13 +147,13 @@ class Reader:
         return f"{self._where}.{key}" if self._where else key
 
     def _get(self, key: str) -> Any:
-        if key not in self._data:
+        if key not in self._held.reveal():
             raise ConfigurationError(f"{self._path(key)} is missing")
-        return self._data[key]
+        return self._held.reveal()[key]
 
     def has(self, key: str) -> bool:
         """Whether ``key`` is present (and not null)."""
-        return self._data.get(key) is not None
+        return self._held.reveal().get(key) is not None
 
     def raw(self, key: str) -> Any:
         """The value as it is (for JSON passed through unchanged, such as a request)."""
@@ -215,10 +219,12 @@ class Reader:
 
     def items(self, key: str) -> list[Reader]:
         """A list of JSON objects."""
-        value = self._get(key)
-        if not isinstance(value, list):
+        if not isinstance(self._get(key), list):
             raise ConfigurationError(f"{self._path(key)} must be a list")
-        return [Reader(item, f"{self._path(key)}[{index}]") for index, item in enumerate(value)]
+        return [
+            Reader(self._get(key)[index], f"{self._path(key)}[{index}]")
+            for index in range(len(self._get(key)))
+        ]
 
 
 # -- files that hold HashKeys ------------------------------------------------------------------
@@ -241,24 +247,36 @@ def check_owner_only(path: pathlib.Path, what: str) -> None:
         )
 
 
-def read_json_file(path: pathlib.Path, what: str) -> Any:
-    """The JSON in ``path``; a missing, unreadable or non-JSON file is a
-    :class:`ConfigurationError` saying which (never the content)."""
+def read_json_file(path: pathlib.Path, what: str) -> Secret[Any]:
+    """The JSON in ``path``, held as a :class:`Secret` (the file may hold HashKeys); a
+    missing, unreadable or non-JSON file is a :class:`ConfigurationError` saying which. Neither
+    the message, nor a local of a frame, nor a chained error holds the content."""
     try:
-        text = path.read_text(encoding="utf-8")
+        held = Secret(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigurationError(f"cannot read {what} {path}: {error.strerror}") from error
-    except UnicodeDecodeError as error:
-        raise ConfigurationError(f"{what} {path} is not UTF-8 text") from error
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"{what} {path} is not UTF-8 text") from None
+    line = _json_problem(held)
+    if line is not None:
+        # Not chained: a JSONDecodeError keeps the whole document.
+        raise ConfigurationError(f"{what} {path} is not JSON{line}") from None
+    return Secret(json.loads(held.reveal()))
+
+
+def _json_problem(held: Secret[str]) -> str | None:
+    """None when ``held`` parses as JSON, otherwise where it does not (`` (line N)``)."""
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as error:
-        where = f" (line {error.lineno})" if isinstance(error, json.JSONDecodeError) else ""
-        raise ConfigurationError(f"{what} {path} is not JSON{where}") from error
+        json.loads(held.reveal())
+    except json.JSONDecodeError as error:
+        return f" (line {error.lineno})"
+    except (ValueError, RecursionError):
+        return ""
+    return None
 
 
-def write_owner_only(path: pathlib.Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically; the file is created with mode 0600.
+def write_owner_only(path: pathlib.Path, content: Secret[str]) -> None:
+    """Replace ``path`` with ``content`` atomically; the file is created with mode 0600.
 
     The text goes to a new file in the same directory (created 0600, never wider), is flushed
     to disk, then renamed over ``path``: a reader or a crash sees the old file or the new one,
@@ -269,7 +287,7 @@ def write_owner_only(path: pathlib.Path, text: str) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             os.fchmod(file.fileno(), 0o600)
-            file.write(text)
+            file.write(content.reveal())
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)

@@ -255,9 +255,13 @@ class _StateFile:
         revision = self._emulator.revision
         if revision == self.saved_revision:
             return
-        text = json.dumps(self._emulator.dump_state(), ensure_ascii=False, indent=1)
-        write_owner_only(self.path, text + "\n")
+        write_owner_only(self.path, _state_text(self._emulator))
         self.saved_revision = revision
+
+
+def _state_text(emulator: Emulator) -> Secret[str]:
+    """The state file's text, held as a :class:`Secret` (it has the HashKeys in the clear)."""
+    return Secret(json.dumps(emulator.dump_state(), ensure_ascii=False, indent=1) + "\n")
 
 
 class _Ticker:
@@ -381,17 +385,26 @@ class _Secrets:
     def __contains__(self, merchant_id: object) -> bool:
         return merchant_id in self._by_id
 
-    def add_text(self, text: str, source: str) -> None:
-        """Read ``ID:HASHKEY:HASHIV`` entries separated by commas or white space."""
-        for number, entry in enumerate(_SEPARATORS.split(text.strip()), 1):
+    def add_text(self, held: Secret[str], source: str) -> None:
+        """Read ``ID:HASHKEY:HASHIV`` entries separated by commas or white space.
+
+        The error is raised here, where only the :class:`Secret` is a local, never where the
+        entries are split (their locals hold the keys)."""
+        problem = self._add_entries(held, source)
+        if problem is not None:
+            raise problem
+
+    def _add_entries(self, held: Secret[str], source: str) -> ConfigurationError | None:
+        for number, entry in enumerate(_SEPARATORS.split(held.reveal().strip()), 1):
             if not entry:
                 continue
             parts = entry.split(":")
             if len(parts) != 3 or not all(parts):
-                raise ConfigurationError(f"entry {number} of {source} is not ID:HASHKEY:HASHIV")
+                return ConfigurationError(f"entry {number} of {source} is not ID:HASHKEY:HASHIV")
             if parts[0] in self._by_id:
-                raise ConfigurationError(f"merchant {parts[0]} is given twice ({source})")
+                return ConfigurationError(f"merchant {parts[0]} is given twice ({source})")
             self._by_id[parts[0]] = (Secret(parts[1]), Secret(parts[2]))
+        return None
 
     def get(self, merchant_id: str) -> _Pair:
         """The merchant's secrets, generated (16 letters and digits each) if nobody gave them."""
@@ -432,7 +445,9 @@ def build_emulator(
                 f"--merchant takes a merchant ID only: give HashKey and HashIV in {ENV_MERCHANTS} "
                 "or --merchants-file (every user of this machine can read a command line)"
             )
-    keys = _read_secrets(args, os.environ if environ is None else environ)
+    keys = _read_secrets(
+        args, Secret((os.environ if environ is None else environ).get(ENV_MERCHANTS, ""))
+    )
     seed: Mapping[str, Any] = {}
     if args.seed is not None:
         seed = load_seed(args.seed)
@@ -462,22 +477,26 @@ def build_emulator(
     return emulator
 
 
-def _read_secrets(args: argparse.Namespace, environ: Mapping[str, str]) -> _Secrets:
+def _read_secrets(args: argparse.Namespace, from_environment: Secret[str]) -> _Secrets:
     keys = _Secrets()
-    keys.add_text(environ.get(ENV_MERCHANTS, ""), ENV_MERCHANTS)
+    keys.add_text(from_environment, ENV_MERCHANTS)
     path = args.merchants_file
     if path is not None:
         if path.exists():
             check_owner_only(path, "merchants file")
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as error:
-                raise ConfigurationError(f"cannot read merchants file {path}") from error
-            body = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
-            keys.add_text(body, f"merchants file {path}")
+            keys.add_text(_uncommented(path), f"merchants file {path}")
         elif not args.merchant:
             raise ConfigurationError(f"merchants file {path} does not exist")
     return keys
+
+
+def _uncommented(path: pathlib.Path) -> Secret[str]:
+    """The merchants file without its comments, held as a :class:`Secret`."""
+    try:
+        held = Secret(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        raise ConfigurationError(f"cannot read merchants file {path}") from None
+    return Secret("\n".join(line.split("#", 1)[0] for line in held.reveal().splitlines()))
 
 
 def _load_state(args: argparse.Namespace, notes: list[str]) -> Emulator | None:
@@ -485,9 +504,9 @@ def _load_state(args: argparse.Namespace, notes: list[str]) -> Emulator | None:
     if path is None or not path.exists():
         return None
     check_owner_only(path, "state file")
-    data = read_json_file(path, "state file")
+    held = read_json_file(path, "state file")
     try:
-        emulator = Emulator.from_state(data, realtime=not args.frozen)
+        emulator = Emulator.from_state(held.reveal(), realtime=not args.frozen)
     except ConfigurationError as error:
         raise ConfigurationError(f"state file {path}: {error}") from error
     notes.append(
@@ -558,11 +577,8 @@ def _record_generated(args: argparse.Namespace, keys: _Secrets, notes: list[str]
     names = ", ".join(keys.generated)
     path: pathlib.Path | None = args.merchants_file
     if path is not None:
-        before = path.read_text(encoding="utf-8") if path.exists() else ""
-        if before and not before.endswith("\n"):
-            before += "\n"
         try:
-            write_owner_only(path, before + keys.lines(keys.generated))
+            write_owner_only(path, _with_generated(path, keys))
         except OSError as error:
             raise ConfigurationError(
                 f"cannot write merchants file {path}: {error.strerror}"
@@ -577,6 +593,14 @@ def _record_generated(args: argparse.Namespace, keys: _Secrets, notes: list[str]
             f"HashKey and HashIV generated for {names} are kept nowhere you can read them: "
             "give --merchants-file FILE to have them written there"
         )
+
+
+def _with_generated(path: pathlib.Path, keys: _Secrets) -> Secret[str]:
+    """The merchants file's lines, then the generated merchants' (held as a :class:`Secret`)."""
+    held = Secret(path.read_text(encoding="utf-8") if path.exists() else "")
+    if held.reveal() and not held.reveal().endswith("\n"):
+        held = Secret(held.reveal() + "\n")
+    return Secret(held.reveal() + keys.lines(keys.generated))
 
 
 def _add_orders(emulator: Emulator, args: argparse.Namespace, seed: Mapping[str, Any]) -> None:
@@ -613,16 +637,21 @@ def _warn_about_seed(path: pathlib.Path, seed: Mapping[str, Any], notes: list[st
 
 
 def load_seed(path: pathlib.Path) -> Mapping[str, Any]:
-    """Read a seed file: a JSON object (see docs/emulator.md)."""
+    """Read a seed file: a JSON object (see docs/emulator.md). A merchant's ``hash_key`` and
+    ``hash_iv`` come back as :class:`Secret` values, so no repr or traceback shows them."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise InvalidArgument(f"cannot read seed file {path}: {error.strerror}") from error
-    except ValueError as error:
-        raise InvalidArgument(f"seed file {path} is not JSON: {error}") from error
-    if not isinstance(data, dict):
+        held = read_json_file(path, "seed file")
+    except ConfigurationError as error:
+        raise InvalidArgument(str(error)) from None
+    if not isinstance(held.reveal(), dict):
         raise InvalidArgument(f"seed file {path} must hold a JSON object")
-    return data
+    merchants = held.reveal().get("merchants")
+    for entry in merchants if isinstance(merchants, list) else ():
+        for field in ("hash_key", "hash_iv"):
+            if isinstance(entry, dict) and entry.get(field) is not None:
+                entry[field] = Secret(entry[field])
+    seed: Mapping[str, Any] = held.reveal()
+    return seed
 
 
 def _list(seed: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
