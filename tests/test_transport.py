@@ -1,0 +1,1089 @@
+"""AsyncStreamTransport (issue 12 item 5) against real servers on 127.0.0.1.
+
+The servers run in threads and read each request with h11; what they answer is written byte by
+byte by each test (framing, pauses, closes and resets), and they count connections and requests,
+so "reused", "never sent on the stale connection" and "a fresh connection" are counted facts.
+The error a failure raises is what the engine judges (``_engine._NOT_SENT``): ConnectError,
+ConnectTimeout and PoolTimeout only when nothing was written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import gc
+import logging
+import pathlib
+import random
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any
+
+import attrs
+import h11
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ecpay_lifecycle import (
+    TAIPEI,
+    Action,
+    AsyncClient,
+    ConfigurationError,
+    Credentials,
+    InvalidArgumentType,
+    State,
+)
+from ecpay_lifecycle._transport import AsyncStreamTransport
+from ecpay_lifecycle.emulator import Emulator, Fault, serving
+
+#: What the engine reads as "provably not sent" (``_engine._NOT_SENT``).
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+#: Every scenario ends well within this.
+BOUND = 20.0
+
+
+# -- the test servers --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Seen:
+    """One request as the server read it."""
+
+    connection: int
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@attrs.frozen
+class Answer:
+    """What the server does with a request: writes ``pieces`` (after ``pause``, ``gap`` seconds
+    apart), then keeps the connection, or after ``linger`` seconds closes it (``"close"``),
+    resets it (``"reset"``) or writes ``stray`` bytes on it (``"stray"``)."""
+
+    pieces: tuple[bytes, ...] = ()
+    pause: float = 0.0
+    gap: float = 0.0
+    then: str = "keep"
+    linger: float = 0.0
+    stray: bytes = b"HTTP/1.1 200 OK\r\n\r\n"
+
+
+def reply(body: bytes = b"ok", *, status: int = 200, headers: tuple[str, ...] = ()) -> bytes:
+    """A response framed by Content-Length."""
+    head = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}", *headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def chunked(parts: list[bytes], *, headers: tuple[str, ...] = ()) -> bytes:
+    """A response framed by chunked transfer coding, one chunk per part (empty parts skipped)."""
+    head = ["HTTP/1.1 200 OK", "Transfer-Encoding: chunked", *headers]
+    out = ("\r\n".join(head) + "\r\n\r\n").encode()
+    for part in parts:
+        if part:
+            out += b"%x\r\n%s\r\n" % (len(part), part)
+    return out + b"0\r\n\r\n"
+
+
+def ok_answer(_seen: Seen) -> Answer:
+    return Answer((reply(),))
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with an RST: SO_LINGER on with a zero timeout."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+class Server:
+    """A threaded HTTP/1.1 server on 127.0.0.1; ``answer`` decides each reply (see Answer)."""
+
+    def __init__(
+        self,
+        answer: Callable[[Seen], Answer] = ok_answer,
+        *,
+        tls: ssl.SSLContext | None = None,
+        silent: bool = False,
+    ) -> None:
+        self.answer = answer
+        self.tls = tls
+        self.silent = silent  # accept and read nothing, write nothing
+        self.seen: list[Seen] = []
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.port: int = self._listener.getsockname()[1]
+        self._open: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        accept = threading.Thread(target=self._accept, daemon=True)
+        accept.start()
+        self._threads.append(accept)
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def per_connection(self) -> list[int]:
+        """Requests each connection carried, in the order they were opened."""
+        counts = [0] * self.connections
+        for seen in self.seen:
+            counts[seen.connection] += 1
+        return counts
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                index = self.connections
+                self.connections += 1
+                self._open.append(sock)
+            thread = threading.Thread(target=self._serve, args=(sock, index), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _serve(self, sock: socket.socket, index: int) -> None:
+        try:  # close() may have closed the socket before this thread ran
+            sock.settimeout(BOUND)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_side=True)
+                with self._lock:
+                    self._open.append(sock)
+            if self.silent:
+                self._stop.wait(BOUND)
+                return
+            leftover = b""
+            while not self._stop.is_set():
+                seen, leftover = self._read_request(sock, index, leftover)
+                if seen is None:
+                    return
+                with self._lock:
+                    self.seen.append(seen)
+                if not self._write(sock, self.answer(seen)):
+                    return
+        except (OSError, h11.RemoteProtocolError):
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _read_request(
+        self, sock: socket.socket, index: int, leftover: bytes
+    ) -> tuple[Seen | None, bytes]:
+        parser = h11.Connection(h11.SERVER)
+        if leftover:  # b"" would tell h11 the client closed
+            parser.receive_data(leftover)
+        head: h11.Request | None = None
+        body = bytearray()
+        while True:
+            event = parser.next_event()
+            if event is h11.NEED_DATA:
+                data = sock.recv(65536)
+                parser.receive_data(data)
+                if not data and head is None and not parser.trailing_data[0]:
+                    return None, b""
+                continue
+            if isinstance(event, h11.Request):
+                head = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                assert head is not None
+                seen = Seen(
+                    index,
+                    head.method.decode(),
+                    head.target.decode(),
+                    {k.decode(): v.decode() for k, v in head.headers},
+                    bytes(body),
+                )
+                return seen, parser.trailing_data[0]
+            elif isinstance(event, h11.ConnectionClosed):
+                return None, b""
+
+    def _write(self, sock: socket.socket, answer: Answer) -> bool:
+        """Carry out ``answer``; False when the connection is done."""
+        if answer.pause:
+            time.sleep(answer.pause)
+        for number, piece in enumerate(answer.pieces):
+            if number and answer.gap:
+                time.sleep(answer.gap)
+            sock.sendall(piece)
+        if answer.then == "keep":
+            return True
+        if answer.linger:
+            time.sleep(answer.linger)
+        if answer.then == "stray":
+            sock.sendall(answer.stray)
+            return True
+        if answer.then == "reset":
+            reset(sock)
+        else:
+            sock.shutdown(socket.SHUT_WR)
+            sock.close()
+        return False
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        with self._lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.close()
+        for thread in self._threads:
+            thread.join(BOUND)
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    running = Server()
+    yield running
+    running.close()
+
+
+def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(coroutine, BOUND))
+
+
+def client(
+    base_url: str, transport: AsyncStreamTransport | None = None, **timeout: float
+) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=base_url,
+        transport=transport or AsyncStreamTransport(),
+        timeout=httpx.Timeout(5.0, **timeout),
+    )
+
+
+# -- round trips -------------------------------------------------------------------------------
+
+
+def test_a_post_round_trip_with_content_length(server: Server) -> None:
+    server.answer = lambda seen: Answer((reply(b"got " + seen.body, headers=("X-Mark: 1",)),))
+
+    async def scenario() -> httpx.Response:
+        async with client(server.url) as http:
+            return await http.post("/path?q=1", content=b"hello", headers={"X-Test": "v"})
+
+    response = run(scenario())
+    assert response.status_code == 200
+    assert response.content == b"got hello"
+    assert response.headers["x-mark"] == "1"
+    assert response.http_version == "HTTP/1.1"
+    assert response.reason_phrase == "X"
+    (seen,) = server.seen
+    assert (seen.method, seen.target, seen.body) == ("POST", "/path?q=1", b"hello")
+    assert seen.headers["x-test"] == "v"
+    assert seen.headers["content-length"] == "5"
+    assert seen.headers["host"] == f"127.0.0.1:{server.port}"
+
+
+def test_a_chunked_response_is_joined(server: Server) -> None:
+    parts = [b"a" * 10, b"b" * 3000, b"c"]
+    server.answer = lambda _seen: Answer((chunked(parts),))
+
+    async def scenario() -> bytes:
+        async with client(server.url) as http:
+            return (await http.get("/")).content
+
+    assert run(scenario()) == b"".join(parts)
+
+
+def test_a_body_that_arrives_slowly_is_streamed_then_the_connection_reused(
+    server: Server,
+) -> None:
+    message = chunked([b"first", b"second", b"third"])
+    pieces = (message[:40], message[40:60], message[60:])
+    server.answer = lambda _seen: Answer(pieces, gap=0.05)
+
+    async def scenario() -> tuple[list[bytes], bytes]:
+        async with client(server.url) as http:
+            async with http.stream("GET", "/") as response:
+                chunks = [chunk async for chunk in response.aiter_raw()]
+            again = (await http.get("/")).content
+            return chunks, again
+
+    chunks, again = run(scenario())
+    assert b"".join(chunks) == b"firstsecondthird"
+    assert len(chunks) > 1  # read as it came
+    assert again == b"firstsecondthird"
+    assert server.per_connection() == [2]
+
+
+def test_a_response_left_unread_closes_its_connection(server: Server) -> None:
+    message = reply(b"x" * 100)
+    server.answer = lambda _seen: Answer((message[:50], message[50:]), gap=0.1)
+
+    async def scenario() -> None:
+        async with client(server.url) as http:
+            async with http.stream("GET", "/") as response:
+                assert response.status_code == 200
+            assert (await http.get("/")).content == b"x" * 100
+
+    run(scenario())
+    assert server.per_connection() == [1, 1]
+
+
+def test_a_streamed_request_body_is_sent_chunked(server: Server) -> None:
+    server.answer = lambda seen: Answer((reply(str(len(seen.body)).encode()),))
+
+    async def body() -> AsyncIterator[bytes]:
+        for size in (5, 0, 70_000, 1):
+            yield b"z" * size
+
+    async def scenario() -> bytes:
+        async with client(server.url) as http:
+            return (await http.post("/", content=body())).content
+
+    assert run(scenario()) == b"70006"
+    (seen,) = server.seen
+    assert seen.headers["transfer-encoding"] == "chunked"
+
+
+def test_informational_responses_are_skipped_and_head_has_no_body(server: Server) -> None:
+    def answer(seen: Seen) -> Answer:
+        if seen.method == "HEAD":
+            return Answer((b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",))
+        return Answer((b"HTTP/1.1 100 Continue\r\n\r\n", reply(b"final")))
+
+    server.answer = answer
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response]:
+        async with client(server.url) as http:
+            return await http.post("/", content=b"x"), await http.head("/")
+
+    posted, head = run(scenario())
+    assert (posted.status_code, posted.content) == (200, b"final")
+    assert (head.status_code, head.content, head.headers["content-length"]) == (200, b"", "9")
+    assert server.per_connection() == [2]
+
+
+# -- keep-alive --------------------------------------------------------------------------------
+
+
+def test_keep_alive_reuses_connections_up_to_max_connections(server: Server) -> None:
+    server.answer = lambda _seen: Answer((reply(),), pause=0.02)
+
+    async def scenario() -> int:
+        transport = AsyncStreamTransport(max_connections=3)
+        async with client(server.url, transport) as http:
+            for _ in range(5):
+                await http.post("/", content=b"1")
+            await asyncio.gather(*(http.post("/", content=b"2") for _ in range(12)))
+            return transport.connections
+
+    assert run(scenario()) == 3
+    assert server.connections == 3
+    assert sum(server.per_connection()) == 17
+
+
+@pytest.mark.parametrize("loop_sees_it", [True, False], ids=["loop-saw-the-close", "loop-busy"])
+def test_a_connection_the_server_closed_while_idle_is_never_sent_on(
+    server: Server, loop_sees_it: bool
+) -> None:
+    """The server closes a kept-alive connection 50 ms after answering. Whether the event loop
+    has already read that close (the connection's state says so) or not (the loop was busy:
+    only the socket's readability tells), the next request goes on a fresh connection."""
+    server.answer = lambda _seen: Answer((reply(),), then="close", linger=0.05)
+
+    async def scenario() -> None:
+        async with client(server.url) as http:
+            assert (await http.post("/", content=b"first")).content == b"ok"
+            if loop_sees_it:
+                await asyncio.sleep(0.3)
+            else:
+                time.sleep(0.3)  # the loop cannot run: the close is only in the socket
+            assert (await http.post("/", content=b"second")).content == b"ok"
+
+    run(scenario())
+    assert server.per_connection() == [1, 1]
+    assert [seen.body for seen in server.seen] == [b"first", b"second"]
+
+
+@pytest.mark.parametrize("loop_sees_it", [True, False], ids=["loop-saw-it", "loop-busy"])
+def test_a_connection_the_server_wrote_on_while_idle_is_not_reused(
+    server: Server, loop_sees_it: bool
+) -> None:
+    server.answer = lambda _seen: Answer((reply(),), then="stray", linger=0.05)
+
+    async def scenario() -> None:
+        async with client(server.url) as http:
+            await http.post("/", content=b"first")
+            if loop_sees_it:
+                await asyncio.sleep(0.3)
+            else:
+                time.sleep(0.3)
+            assert (await http.post("/", content=b"second")).content == b"ok"
+
+    run(scenario())
+    assert server.per_connection() == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (("Connection: close",), [1, 1]),
+        (("Keep-Alive: timeout=1, max=100",), [1, 1]),  # idle at most 1 - 1 = 0 s
+        (("Keep-Alive: timeout=30",), [2]),
+        (("Keep-Alive: max=5",), [2]),
+        (("Keep-Alive: timeout=soon",), [2]),
+    ],
+)
+def test_the_server_decides_how_long_a_connection_stays(
+    server: Server, headers: tuple[str, ...], expected: list[int]
+) -> None:
+    close = "Connection: close" in headers
+    server.answer = lambda _seen: Answer(
+        (reply(headers=headers),), then="close" if close else "keep"
+    )
+
+    async def scenario() -> None:
+        async with client(server.url) as http:
+            await http.get("/")
+            await http.get("/")
+
+    run(scenario())
+    assert server.per_connection() == expected
+
+
+def test_an_idle_connection_expires_after_keepalive_expiry(server: Server) -> None:
+    async def scenario() -> None:
+        async with client(server.url, AsyncStreamTransport(keepalive_expiry=0.1)) as http:
+            await http.get("/")
+            await http.get("/")
+            await asyncio.sleep(0.2)
+            await http.get("/")
+
+    run(scenario())
+    assert server.per_connection() == [2, 1]
+
+
+# -- failures and how they read ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Answer((reply(b"x" * 1000)[:100],), then="close"),
+        Answer((), then="close"),
+        Answer((reply(b"x" * 1000)[:100],), then="reset", linger=0.05),
+        Answer((), then="reset"),
+        Answer((b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n",)),
+    ],
+    ids=["closed-mid-body", "closed-before-reply", "reset-mid-body", "reset-before-reply", "bad"],
+)
+def test_a_server_failing_after_the_request_left_is_never_not_sent(
+    server: Server, answer: Answer
+) -> None:
+    server.answer = lambda _seen: answer
+
+    async def scenario() -> None:
+        async with client(server.url) as http:
+            with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)) as caught:
+                await http.post("/", content=b"refund")
+            assert not isinstance(caught.value, NOT_SENT)
+            # The transport recovers: a new connection for the next request.
+            server.answer = ok_answer
+            assert (await http.post("/", content=b"again")).content == b"ok"
+
+    run(scenario())
+    assert [seen.body for seen in server.seen] == [b"refund", b"again"]
+    assert server.per_connection() == [1, 1]
+
+
+def test_a_slow_reply_is_a_read_timeout(server: Server) -> None:
+    server.answer = lambda _seen: Answer((reply(),), pause=0.5)
+
+    async def scenario() -> None:
+        async with client(server.url, read=0.1) as http:
+            with pytest.raises(httpx.ReadTimeout):
+                await http.post("/", content=b"x")
+
+    run(scenario())
+    assert len(server.seen) == 1
+
+
+def test_a_stalled_body_is_a_read_timeout(server: Server) -> None:
+    message = reply(b"x" * 100)
+    server.answer = lambda _seen: Answer((message[:60], message[60:]), gap=0.5)
+
+    async def scenario() -> None:
+        async with client(server.url, read=0.1) as http:
+            with pytest.raises(httpx.ReadTimeout):
+                await http.get("/")
+
+    run(scenario())
+
+
+def test_a_refused_port_is_a_connect_error() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+
+    async def scenario() -> None:
+        transport = AsyncStreamTransport(max_connections=1)
+        async with client(f"http://127.0.0.1:{port}", transport) as http:
+            # Both fail; the second waited for the first's slot.
+            results = await asyncio.gather(http.get("/"), http.get("/"), return_exceptions=True)
+            assert all(isinstance(result, httpx.ConnectError) for result in results)
+            assert transport.connections == 0
+
+    run(scenario())
+
+
+def test_a_tls_handshake_that_never_ends_is_a_connect_timeout() -> None:
+    silent = Server(silent=True)
+    try:
+
+        async def scenario() -> None:
+            transport = AsyncStreamTransport(max_connections=1)
+            async with client(f"https://127.0.0.1:{silent.port}", transport, connect=0.2) as http:
+                # A call cancelled while it connects gives its slot back ...
+                connecting = asyncio.create_task(http.get("/"))
+                await asyncio.sleep(0.05)
+                connecting.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await connecting
+                # ... so the next one connects (and times out) rather than waiting for a slot.
+                with pytest.raises(httpx.ConnectTimeout):
+                    await http.get("/")
+
+        run(scenario())
+    finally:
+        silent.close()
+
+
+def test_a_server_that_never_reads_is_a_write_timeout() -> None:
+    silent = Server(silent=True)
+    try:
+
+        async def scenario() -> None:
+            async with client(silent.url, write=0.2) as http:
+                with pytest.raises(httpx.WriteTimeout):
+                    await http.post("/", content=b"x" * 64_000_000)
+
+        run(scenario())
+    finally:
+        silent.close()
+
+
+def test_a_connection_lost_while_writing_is_a_write_error() -> None:
+    def answer_after_reading_a_little(sock: socket.socket) -> None:
+        sock.recv(1000)
+        reset(sock)
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        sock, _ = listener.accept()
+        answer_after_reading_a_little(sock)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(2000):
+            yield b"y" * 65536
+            await asyncio.sleep(0)
+
+    async def scenario() -> None:
+        async with client(f"http://127.0.0.1:{port}") as http:
+            with pytest.raises((httpx.WriteError, httpx.ReadError)) as caught:
+                await http.post("/", content=body())
+            assert not isinstance(caught.value, NOT_SENT)
+
+    try:
+        run(scenario())
+    finally:
+        thread.join(BOUND)
+        listener.close()
+
+
+def test_a_server_that_closes_every_new_connection_at_once() -> None:
+    """Whether the transport sees the close before writing (ConnectError: nothing was written)
+    or only after (RemoteProtocolError or ReadError: the outcome is unknown), it never hangs and
+    never says "not sent" about a request it wrote."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    attempts = 5
+
+    def serve() -> None:
+        for _ in range(attempts):
+            sock, _ = listener.accept()
+            sock.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    async def scenario() -> None:
+        async with client(f"http://127.0.0.1:{port}") as http:
+            for _ in range(attempts):
+                with pytest.raises(
+                    (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError)
+                ):
+                    await http.get("/")
+
+    try:
+        run(scenario())
+    finally:
+        thread.join(BOUND)
+        listener.close()
+
+
+def test_unsupported_scheme_and_a_closed_transport() -> None:
+    async def scenario() -> None:
+        transport = AsyncStreamTransport()
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await transport.handle_async_request(httpx.Request("GET", "ftp://127.0.0.1/"))
+        await transport.aclose()
+        with pytest.raises(RuntimeError, match="closed"):
+            await transport.handle_async_request(httpx.Request("GET", "http://127.0.0.1/"))
+
+    run(scenario())
+
+
+def test_arguments_are_checked() -> None:
+    with pytest.raises(InvalidArgumentType, match="verify"):
+        AsyncStreamTransport(verify="/etc/ssl/cert.pem")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentType, match="max_connections"):
+        AsyncStreamTransport(max_connections=True)
+    with pytest.raises(ConfigurationError, match="at least 1"):
+        AsyncStreamTransport(max_connections=0)
+    assert repr(AsyncStreamTransport(max_connections=2)) == (
+        "AsyncStreamTransport(max_connections=2, keepalive_expiry=60.0)"
+    )
+    with pytest.raises(httpx.LocalProtocolError):
+        run(
+            AsyncStreamTransport().handle_async_request(
+                httpx.Request("GET", "http://127.0.0.1:1/", headers={"X-Bad": "a\r\nInjected: 1"})
+            )
+        )
+
+
+def test_a_large_body_waits_for_the_socket_and_goes_whole(server: Server) -> None:
+    server.answer = lambda seen: Answer((reply(str(len(seen.body)).encode()),))
+
+    async def scenario() -> bytes:
+        async with client(server.url) as http:
+            return (await http.post("/", content=b"b" * 8_000_000)).content
+
+    assert run(scenario()) == b"8000000"
+
+
+def test_no_timeouts_at_all(server: Server) -> None:
+    server.answer = lambda _seen: Answer((reply(),), pause=0.05)
+
+    async def scenario() -> None:
+        transport = AsyncStreamTransport(max_connections=1)
+        async with httpx.AsyncClient(
+            base_url=server.url, transport=transport, timeout=httpx.Timeout(None)
+        ) as http:
+            replies = await asyncio.gather(*(http.post("/", content=b"x") for _ in range(3)))
+            assert [r.content for r in replies] == [b"ok"] * 3
+
+    run(scenario())
+    assert server.per_connection() == [3]
+
+
+def test_a_body_longer_than_its_content_length_is_refused(server: Server) -> None:
+    async def scenario() -> None:
+        async with client(server.url) as http:
+            with pytest.raises(httpx.LocalProtocolError):
+                await http.post("/", content=b"12345", headers={"Content-Length": "3"})
+            assert (await http.post("/", content=b"fine")).content == b"ok"
+
+    run(scenario())
+    assert [seen.body for seen in server.seen] == [b"fine"]
+
+
+def test_many_distinct_request_heads(server: Server) -> None:
+    async def scenario() -> AsyncStreamTransport:
+        transport = AsyncStreamTransport()
+        async with client(server.url, transport) as http:
+            for number in range(80):
+                assert (await http.get(f"/{number}")).content == b"ok"
+        return transport
+
+    transport = run(scenario())
+    assert len(transport._heads) <= 64
+    assert [seen.target for seen in server.seen] == [f"/{n}" for n in range(80)]
+
+
+# -- the pool ----------------------------------------------------------------------------------
+
+
+def test_a_request_beyond_the_pool_waits_then_times_out_sending_nothing(server: Server) -> None:
+    server.answer = lambda _seen: Answer((reply(),), pause=0.4)
+
+    async def scenario() -> None:
+        transport = AsyncStreamTransport(max_connections=1)
+        async with client(server.url, transport, pool=0.1) as http:
+            first = asyncio.create_task(http.post("/", content=b"first"))
+            await asyncio.sleep(0.1)
+            with pytest.raises(httpx.PoolTimeout):
+                await http.post("/", content=b"second")
+            assert [seen.body for seen in server.seen] == [b"first"]
+            assert (await first).content == b"ok"
+            # The pool is whole again: the same connection serves the next one.
+            assert (await http.post("/", content=b"third")).content == b"ok"
+
+    run(scenario())
+    assert server.per_connection() == [2]
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["connection-handed", "slot-handed"])
+def test_a_waiter_cancelled_as_a_connection_is_handed_to_it_gives_it_back(
+    server: Server, kept: bool
+) -> None:
+    """When the first reply completes, its connection (or, if the server closes it, its slot)
+    goes to the waiter; the waiter is cancelled before it runs, and gives it back."""
+    headers = () if kept else ("Connection: close",)
+    server.answer = lambda _seen: Answer(
+        (reply(headers=headers),), pause=0.2, then="keep" if kept else "close"
+    )
+
+    async def scenario() -> None:
+        transport = AsyncStreamTransport(max_connections=1)
+        async with client(server.url, transport) as http:
+            second = asyncio.create_task(asyncio.sleep(0))
+            await second
+
+            async def first() -> None:
+                await http.post("/", content=b"first")
+                # The connection was handed to the waiter as the reply completed, and the
+                # waiter has not run yet: cancel it now.
+                second.cancel()
+
+            task = asyncio.create_task(first())
+            await asyncio.sleep(0.05)
+            second = asyncio.create_task(http.post("/", content=b"second"))
+            await asyncio.sleep(0.05)
+            await task
+            with pytest.raises(asyncio.CancelledError):
+                await second
+            server.answer = ok_answer
+            assert (await http.post("/", content=b"third")).content == b"ok"
+            assert transport.connections == 1
+
+    run(scenario())
+    assert [seen.body for seen in server.seen] == [b"first", b"third"]
+    assert server.per_connection() == ([2] if kept else [1, 1])
+
+
+def test_a_waiter_cancelled_while_it_waits_leaves_the_pool_whole(server: Server) -> None:
+    server.answer = lambda _seen: Answer((reply(),), pause=0.2)
+
+    async def scenario() -> None:
+        transport = AsyncStreamTransport(max_connections=1)
+        async with client(server.url, transport) as http:
+            first = asyncio.create_task(http.post("/", content=b"first"))
+            await asyncio.sleep(0.05)
+            waiting = asyncio.create_task(http.post("/", content=b"never"))
+            await asyncio.sleep(0.05)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await first
+            assert (await http.post("/", content=b"third")).status_code == 200
+
+    run(scenario())
+    assert [seen.body for seen in server.seen] == [b"first", b"third"]
+    assert server.per_connection() == [2]
+
+
+def test_a_waiter_takes_the_slot_of_a_connection_that_was_closed(server: Server) -> None:
+    server.answer = lambda _seen: Answer((reply(headers=("Connection: close",)),), pause=0.1)
+
+    async def scenario() -> None:
+        transport = AsyncStreamTransport(max_connections=1)
+        async with client(server.url, transport) as http:
+            replies = await asyncio.gather(*(http.get("/") for _ in range(3)))
+            assert all(r.status_code == 200 for r in replies)
+
+    run(scenario())
+    assert server.per_connection() == [1, 1, 1]
+
+
+def test_aclose_during_a_connect_refuses_the_new_connection(server: Server) -> None:
+    async def scenario() -> None:
+        transport = AsyncStreamTransport()
+        http = client(server.url, transport)
+        connecting = asyncio.create_task(http.get("/"))
+        await asyncio.sleep(0)  # the task is inside create_connection now
+        await transport.aclose()
+        with pytest.raises((httpx.ConnectError, RuntimeError)):
+            await connecting
+        assert transport.connections == 0
+
+    run(scenario())
+    assert server.seen == []
+
+
+def test_aclose_does_not_wait_for_ever_on_a_server_that_stopped_reading() -> None:
+    silent = Server(silent=True)
+
+    async def scenario() -> None:
+        transport = AsyncStreamTransport()
+        http = httpx.AsyncClient(
+            base_url=silent.url, transport=transport, timeout=httpx.Timeout(None)
+        )
+        stuck = asyncio.create_task(http.post("/", content=b"s" * 64_000_000))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        await transport.aclose()
+        assert time.monotonic() - started < 3
+        with pytest.raises(httpx.WriteError) as caught:
+            await stuck
+        assert not isinstance(caught.value, NOT_SENT)
+
+    try:
+        run(scenario())
+    finally:
+        silent.close()
+
+
+def test_a_transport_kept_across_event_loops_opens_a_new_connection(server: Server) -> None:
+    """A client used in one ``asyncio.run`` and again in the next (not closed in between):
+    the connection of the closed loop is dropped, never used, and the request succeeds."""
+    transport = AsyncStreamTransport()
+
+    async def one(body: bytes, *, last: bool = False) -> bytes:
+        http = client(server.url, transport)
+        try:
+            return (await http.post("/", content=body)).content
+        finally:
+            if last:
+                await transport.aclose()
+
+    assert run(one(b"first")) == b"ok"
+    # asyncio warns when it collects the dropped connection of the closed loop, which may be
+    # during the second run or at the collection after it: both are inside the block.
+    with pytest.warns(ResourceWarning):  # noqa: PT031
+        assert run(one(b"second", last=True)) == b"ok"
+        gc.collect()
+    assert transport.connections == 0
+    assert server.per_connection() == [1, 1]
+
+
+def test_aclose_closes_connections_in_use_and_idle(server: Server) -> None:
+    message = reply(b"x" * 100)
+    server.answer = lambda _seen: Answer((message[:50], message[50:]), gap=0.3)
+
+    async def scenario() -> None:
+        transport = AsyncStreamTransport()
+        http = client(server.url, transport)
+        idle_one = Server()
+        try:
+            await http.get(f"{idle_one.url}/")
+            response = await http.send(http.build_request("GET", "/"), stream=True)
+            assert transport.connections == 2
+            await transport.aclose()
+            assert transport.connections == 0
+            with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError, httpx.StreamClosed)):
+                await response.aread()
+            await response.aclose()
+            with pytest.raises(httpx.StreamClosed):  # the transport's stream, read again
+                _ = [chunk async for chunk in response.stream]
+        finally:
+            idle_one.close()
+
+    run(scenario())
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, pathlib.Path]:
+    """A self-signed certificate for localhost and 127.0.0.1, made with the openssl CLI."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+def test_https_verifies_the_server_and_sends_sni(
+    certificate: tuple[pathlib.Path, pathlib.Path],
+) -> None:
+    cert, key = certificate
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    names: list[str | None] = []
+
+    def note_name(_sock: Any, name: str | None, _context: Any) -> None:
+        names.append(name)
+
+    server_context.sni_callback = note_name
+    tls = Server(tls=server_context)
+    url = f"https://localhost:{tls.port}"
+    try:
+
+        async def scenario() -> None:
+            # httpx's default roots do not know this certificate: the handshake fails, and
+            # nothing was sent.
+            async with client(url) as http:
+                with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                    await http.post("/", content=b"secret")
+            trusting = ssl.create_default_context(cafile=str(cert))
+            async with client(url, AsyncStreamTransport(verify=trusting)) as http:
+                for _ in range(3):
+                    response = await http.post("/", content=b"hello")
+                    assert (response.status_code, response.content) == (200, b"ok")
+            async with client(url, AsyncStreamTransport(verify=False)) as http:
+                assert (await http.get("/")).status_code == 200
+
+        run(scenario())
+    finally:
+        tls.close()
+    assert [seen.body for seen in tls.seen] == [b"hello"] * 3 + [b""]
+    assert tls.per_connection()[-2:] == [3, 1]
+    assert "localhost" in names
+
+
+# -- logging -----------------------------------------------------------------------------------
+
+
+def test_nothing_of_a_request_or_reply_is_logged(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.answer = lambda _seen: Answer((reply(b"reply-body-7f3a"),))
+
+    async def scenario() -> None:
+        async with client(server.url) as http:
+            await http.post("/", content=b"body-secret-91c2", headers={"X-Key": "hdr-secret-5d"})
+
+    with caplog.at_level(logging.DEBUG):
+        run(scenario())
+    text = caplog.text + "".join(str(record.__dict__) for record in caplog.records)
+    for secret in ("body-secret-91c2", "hdr-secret-5d", "reply-body-7f3a"):
+        assert secret not in text
+
+
+# -- random bodies and splits ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[Server]:
+    running = Server()
+    yield running
+    running.close()
+
+
+@st.composite
+def exchanges(draw: st.DrawFn) -> tuple[bytes, bytes, bool, list[bytes], list[int]]:
+    """A request body, a reply body, its framing (chunked or not, and its chunks), and the
+    points where the server splits its writes."""
+    request_body = draw(st.binary(max_size=3000))
+    size = draw(st.one_of(st.integers(0, 200), st.integers(0, 100_000)))
+    reply_body = random.Random(draw(st.integers(0, 2**32))).randbytes(size)
+    is_chunked = draw(st.booleans())
+    cuts = sorted(draw(st.lists(st.integers(0, size), max_size=6)))
+    parts = [reply_body[a:b] for a, b in zip([0, *cuts], [*cuts, size], strict=True)]
+    splits = draw(st.lists(st.integers(1, 400), max_size=4))
+    return request_body, reply_body, is_chunked, parts, splits
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=exchanges())
+def test_any_body_size_framing_and_split_arrives_whole(
+    shared_server: Server, case: tuple[bytes, bytes, bool, list[bytes], list[int]]
+) -> None:
+    request_body, reply_body, is_chunked, parts, splits = case
+    message = chunked(parts) if is_chunked else reply(reply_body)
+    pieces: list[bytes] = []
+    rest = message
+    for split in splits:
+        pieces.append(rest[:split])
+        rest = rest[split:]
+    pieces.append(rest)
+    shared_server.answer = lambda seen: Answer(
+        tuple(piece for piece in pieces if piece) if seen.body == request_body else (),
+        gap=0.001,
+    )
+
+    async def scenario() -> list[bytes]:
+        async with client(shared_server.url) as http:
+            return [(await http.post("/", content=request_body)).content for _ in range(2)]
+
+    assert run(scenario()) == [reply_body, reply_body]
+
+
+# -- the client over the transport -------------------------------------------------------------
+
+
+def test_a_refund_through_async_client_over_the_transport_moves_money_once() -> None:
+    key, iv = "TransportKey0016", "TransportIv00016"
+    merchant = "3002607"
+    emulator = Emulator(now=dt.datetime(2026, 8, 3, 10, 0, tzinfo=TAIPEI))
+    emulator.add_merchant(merchant, key, iv, balance=10**9)
+    emulator.authorize(merchant, "A1", 1000)
+    emulator.authorize(merchant, "B2", 1000)
+
+    async def scenario(base_url: str) -> None:
+        transport = AsyncStreamTransport(max_connections=2)
+        async with AsyncClient(
+            Credentials(merchant, key, iv),
+            base_url=base_url,
+            transport=transport,
+            clock=emulator.clock,
+        ) as ecpay:
+            await ecpay.capture("A1")
+            outcome = await ecpay.refund("A1", 300)
+            assert outcome.refunded == 300
+            assert outcome.final.closed_amount == 700
+            # A reply lost after the refund was applied: the engine asks, never re-sends.
+            emulator.faults.inject(Fault.CONNECTION_RESET, action=Action.REFUND)
+            await ecpay.capture("B2")
+            recovered = await ecpay.refund("B2", 200)
+            assert recovered.refunded == 200
+            assert recovered.steps_done[-1].recovered
+            assert transport.connections <= 2
+
+    with serving(emulator) as base_url:
+        run(scenario(base_url))
+    applied = [(e.merchant_trade_no, e.action) for e in emulator.applied_do_actions(merchant)]
+    assert applied == [
+        ("A1", Action.CLOSE),
+        ("A1", Action.REFUND),
+        ("B2", Action.CLOSE),
+        ("B2", Action.REFUND),
+    ]
+    assert emulator.snapshot(merchant, "A1").state is State.TO_CLOSE
+    assert emulator.order(merchant, "B2").refunded_total == 200
