@@ -109,10 +109,8 @@ async def serve(
     if body is None:
         await _send(send, 413, b"Payload Too Large", "text/plain; charset=utf-8")
         return
-    if emulator.realtime:
-        await asyncio.to_thread(emulator.catch_up)  # the batches due run here, not on the loop
-    else:
-        emulator.catch_up()  # nothing to catch up; a clock move in progress lets this one in
+    if not emulator._glide():  # a running clock has batches or day rules due:
+        await asyncio.to_thread(emulator.catch_up)  # they run in a thread, not on the loop
     if admin and method == "POST" and path[len(_ADMIN) :].strip("/") == "time":
         # A jump over many batches runs in the clock's own thread, a few orders at a time.
         loop = asyncio.get_running_loop()
@@ -255,7 +253,7 @@ async def _gateway(emulator: Emulator, method: str, path: str, body: bytes, send
     if isinstance(got, _Received):
         if got.delay:
             await asyncio.sleep(got.delay)
-            if emulator.realtime:  # the delay let real time pass: catch up off the loop
+            if not emulator._glide():  # the delay let real time pass: catch up off the loop
                 await asyncio.to_thread(emulator.catch_up)
         got = emulator._process(got)
     reply: _Reply = got

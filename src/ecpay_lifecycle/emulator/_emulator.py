@@ -292,16 +292,9 @@ class Emulator:
         another thread moves the clock this returns at once: requests are served at the moment
         that move has reached.
         """
-        self._knocks += 1  # tells a clock move in progress to let this request in
-        if self._anchor is None:
+        if self._glide():
             return
         target = self._wall()
-        with self._lock:
-            if target <= self._ledger.now:
-                return
-            first_landing = min((landing.at for landing in self._landings), default=None)
-            if (first_landing is None or target < first_landing) and self._ledger.glide(target):
-                return
         if not self._mover.acquire(blocking=False):
             return
         try:
@@ -313,6 +306,20 @@ class Emulator:
             self._run_clock(target)
         finally:
             self._mover.release()
+
+    def _glide(self) -> bool:
+        """The cheap part of :meth:`catch_up`: bring the clock to the running clock's time if
+        nothing happens on the way; whether the emulator is caught up (frozen: always). Knocks
+        for the caller, so that a clock move in progress lets it in."""
+        self._knocks += 1
+        if self._anchor is None:
+            return True
+        target = self._wall()
+        with self._lock:
+            if target <= self._ledger.now:
+                return True
+            first_landing = min((landing.at for landing in self._landings), default=None)
+            return (first_landing is None or target < first_landing) and self._ledger.glide(target)
 
     def _wall(self) -> dt.datetime:
         """Where the running clock is now (the ledger's time when frozen)."""
