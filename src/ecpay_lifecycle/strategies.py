@@ -25,14 +25,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-import attrs
 from hypothesis import strategies as st
 
 from ._exceptions import InvalidArgument
-from ._models import Action, OrderSnapshot, PaymentKind, State
+from ._models import OrderSnapshot, PaymentKind, State
 from ._rules import CAPTURE_DAYS, FORCED_ABANDON_DAYS, NOTICE_DAYS, TAIPEI
+from ._schedules import ScheduledFault, fault_schedules
 from ._stateful import LifecycleMachine
-from .emulator import Emulator, Endpoint, Fault, FaultRule
 
 __all__ = [
     "REFERENCE_TIME",
@@ -226,66 +225,3 @@ def taipei_datetimes(
     else:
         instant = start + dt.timedelta(seconds=draw(st.integers(0, days * 86400)))
     return instant.astimezone(draw(st.sampled_from(_ZONES)))
-
-
-@attrs.frozen(kw_only=True)
-class ScheduledFault:
-    """One fault to arm on an :class:`~ecpay_lifecycle.emulator.Emulator`: which fault, on which
-    endpoint and DoAction (None: any), for how many matching requests."""
-
-    fault: Fault
-    endpoint: Endpoint | None
-    action: Action | None
-    times: int
-
-    def arm(self, emulator: Emulator) -> FaultRule:
-        """Arm this fault on ``emulator``; it fires on the next ``times`` matching requests."""
-        return emulator.faults.inject(
-            self.fault, endpoint=self.endpoint, action=self.action, times=self.times
-        )
-
-
-#: Every fault but DELAY, which only costs real time and proves nothing about outcomes.
-_FAULTS = tuple(f for f in Fault if f is not Fault.DELAY)
-#: Faults the emulator arms on one endpoint only.
-_ONLY_ON = {Fault.STALE_QUERY: Endpoint.CREDIT_DETAIL, Fault.LATE_APPLY: Endpoint.DO_ACTION}
-
-
-def fault_schedules(
-    *,
-    faults: Sequence[Fault] = _FAULTS,
-    endpoints: Sequence[Endpoint | None] = (None, *Endpoint),
-    max_faults: int = 3,
-) -> st.SearchStrategy[tuple[ScheduledFault, ...]]:
-    """Fault plans for the emulator: up to ``max_faults`` faults, each on an endpoint (or any),
-    a DoAction (or any) and for one or two requests.
-
-    Arm a plan with ``for fault in plan: fault.arm(emulator)`` before (or between) the steps of
-    a flow; faults fire in the order armed. Shrinks toward no fault at all, then toward a single
-    fault on any request, so a failure is reported with the fewest faults that cause it.
-    """
-    if not faults:
-        raise InvalidArgument("fault_schedules needs at least one fault")
-    if max_faults < 0:
-        raise InvalidArgument(f"max_faults must be 0 or more, got {max_faults}")
-
-    def on_its_endpoints(fault: Fault) -> st.SearchStrategy[ScheduledFault]:
-        # A fault that only one endpoint can have goes there; an action only on DoAction.
-        only = _ONLY_ON.get(fault)
-        allowed = tuple(e for e in endpoints if only is None or e in (None, only))
-        if not allowed:
-            allowed = (only,)
-        return st.sampled_from(allowed).flatmap(
-            lambda endpoint: st.builds(
-                ScheduledFault,
-                fault=st.just(fault),
-                endpoint=st.just(endpoint),
-                action=st.none()
-                if endpoint not in (None, Endpoint.DO_ACTION) or only is Endpoint.CREDIT_DETAIL
-                else st.one_of(st.none(), st.sampled_from(tuple(Action))),
-                times=st.integers(1, 2),
-            )
-        )
-
-    one = st.sampled_from(tuple(faults)).flatmap(on_its_endpoints)
-    return st.lists(one, max_size=max_faults).map(tuple)
