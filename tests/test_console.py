@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Page
 
 #: Milliseconds: the bound of every wait on the page (the page polls every POLL_MS).
-WAIT = 5_000
+WAIT = 10_000
 POLL_MS = 150
 MANUAL = "3002608"
 CHROMIUM_ARGS = [
