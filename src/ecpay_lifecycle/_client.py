@@ -18,10 +18,11 @@ import json
 import logging
 import urllib.parse
 from collections.abc import Callable, Mapping
-from typing import Final, TypeVar, cast
+from typing import Final, NoReturn, SupportsIndex, TypeVar, cast
 
 import httpx
 
+from ._codec import not_serialisable
 from ._engine import (
     DEFAULT_FENCE_MARGIN,
     DEFAULT_LEASE,
@@ -161,6 +162,14 @@ class _Shell:
             f"{type(self).__name__}(merchant_id={engine.credentials.merchant_id!r}, "
             f"base_url={self._base_url!r})"
         )
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        raise not_serialisable(f"a {type(self).__name__}")
+
+    def __copy__(self) -> NoReturn:
+        # A copy would share the engine and its journal but not the HTTP pool's owner: make a
+        # second client from the same Credentials instead.
+        raise not_serialisable(f"a {type(self).__name__}")
 
     @property
     def journal(self) -> Journal | AsyncJournal:
