@@ -11,7 +11,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as dt
+import importlib.util
 import itertools
+import pathlib
+import sys
+from types import ModuleType
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -32,6 +36,26 @@ from ecpay_lifecycle.emulator import Endpoint, EventKind, Fault
 from ecpay_lifecycle.strategies import LifecycleMachine, ScheduledFault, fault_schedules
 
 Reached = collections.Counter[tuple[str, ...]]
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+
+def _load(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` under its own name, as ``pytest examples/`` would (and as
+    tests/test_example_shop.py does: whichever runs first, both share the module)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_load("shop_service")
+#: The worked example's shop with faults switched on, with the example's settings.
+TestShopServiceUnderFaults = _load("test_shop_service").TestShopServiceUnderFaults
 
 
 def _run(machine: type[LifecycleMachine], examples: int, steps: int = 25) -> None:
