@@ -107,13 +107,19 @@ def test_gateway_answering_after_the_client_timeout_over_real_http(report: list[
             emulator.faults.inject(
                 Fault.DELAY, endpoint=Endpoint.DO_ACTION, merchant_trade_no=order, seconds=0.6
             )
-            with pytest.raises(OutcomeUnknown) as caught:
+            try:
                 client.refund(order, 300, idempotency_key=f"k-{order}")
-            unknown += 1
-            assert caught.value.retry_at is not None
-            # Before the fence the same key sends nothing, however often it is asked.
-            with pytest.raises((OutcomeUnknown, httpx.HTTPError, OrderLocked)):
-                client.refund(order, 300, idempotency_key=f"k-{order}")
+            except OutcomeUnknown as caught:
+                unknown += 1
+                retry_at = caught.retry_at
+                assert retry_at is not None
+                # Before the fence the same key sends nothing, however often it is asked.
+                with pytest.raises((OutcomeUnknown, httpx.HTTPError, OrderLocked)):
+                    client.refund(order, 300, idempotency_key=f"k-{order}")
+            # Otherwise the confirming query ran after the late change landed (a loaded
+            # machine): the query proved it done, which is right too (R22). Either way, one
+            # application per order is asserted on ECPay's books below.
+        assert unknown >= 1
         # Let the slow replies land (each DoAction was delayed 0.6 s inside ECPay).
         for _ in range(100):
             if all(refunds(emulator, order) for order in orders):
