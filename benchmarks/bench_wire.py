@@ -20,7 +20,6 @@ configuration once a round over interleaved rounds (best round kept):
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import multiprocessing
 import time
@@ -28,40 +27,14 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
-from ecpay_lifecycle import PRODUCTION_URL, TAIPEI, AsyncClient, Credentials, PaymentKind
+from bench_client import IV, KEY, MID, NOW, canned_reply
+from ecpay_lifecycle import PRODUCTION_URL, AsyncClient, Credentials, PaymentKind
 from ecpay_lifecycle._client import DEFAULT_MAX_CONNECTIONS, KEEPALIVE_EXPIRY
 from ecpay_lifecycle._protocol import CREDIT_DETAIL_PATH
 from ecpay_lifecycle._transport import AsyncStreamTransport
 
-MID = "3002607"
-KEY = "ejCk326UnaZWKisg"
-IV = "q9jcZX8Ib9LM8wYk"
-NOW = dt.datetime(2026, 8, 1, 10, 0, tzinfo=TAIPEI)
 LATENCY = 0.05
 TRADE_NO = "2608010930521234"
-
-
-def canned_reply() -> bytes:
-    credentials = Credentials(MID, KEY, IV)
-    inner = {
-        "RtnMsg": "",
-        "RtnValue": {
-            "TradeID": 14521552,
-            "Amount": 1000,
-            "ClsAmt": 0,
-            "AuthTime": "2026/08/01 09:30:52",
-            "Status": "Authorized",
-        },
-        "CloseData": {},
-    }
-    outer = {
-        "MerchantID": MID,
-        "RpHeader": {"Timestamp": int(NOW.timestamp())},
-        "TransCode": 1,
-        "TransMsg": "Success",
-        "Data": credentials.codec.encrypt(inner),
-    }
-    return json.dumps(outer, separators=(",", ":")).encode()
 
 
 def _serve(port_out: multiprocessing.connection.Connection, body: bytes, latency: float) -> None:
