@@ -3,9 +3,9 @@
  *
  * A Closed order (capture settled, ClsAmt 2 units); key 0 refunds 1 unit, key 1 refunds
  * everything that is left. Worker 0 calls key 0 and worker 1 key 1, each until it gets an
- * answer (with NW 3, worker 2 calls either key or runs the sweeper). A worker may crash at any
- * step; the order lock is freed only when its holder dies. The gateway may spoil one DoAction;
- * queries may be served one write behind; the batch may run at any moment.
+ * answer, and either may run the sweeper between its calls (in the safety check). A worker may
+ * crash at any step; the order lock is freed only when its holder dies. The gateway may spoil
+ * one DoAction; queries may be served one write behind; the batch may run at any moment.
  *
  * Must hold: P1, P2, P3; with -DLIVENESS, the claim `live`.
  */
@@ -23,6 +23,9 @@
 #endif
 #ifndef SWEEPER
 #define SWEEPER 1
+#endif
+#ifndef CALLER_SWEEPS
+#define CALLER_SWEEPS 1
 #endif
 #ifndef CRASHES
 #define CRASHES 1
