@@ -22,7 +22,8 @@ from pathlib import Path
 
 import attrs
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+# Appended, not inserted: benchmarks/_pg.py must win over tests/_pg.py for the benchmarks run after.
+sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))
 
 from ecpay_lifecycle import InMemoryJournal, OperationStatus
 from test_journal_memory import LEASE, MID, NOW, finished, store
