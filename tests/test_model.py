@@ -25,6 +25,8 @@ import pathlib
 import re
 import sys
 import time
+from collections.abc import Mapping
+from typing import Literal
 
 import pytest
 
@@ -51,17 +53,32 @@ P1 = "applied[k]<=1"
 RULES = {"MUT_NO_FENCE", "MUT_RESUME", "MUT_UNCONDITIONAL_SAVE", "MUT_BATCH_IGNORED"}
 
 
-def require_spin() -> None:
-    """Skip without spin, with how to install it; under CI=true, fail instead."""
-    if spinrun.tools() is not None:
+def require_spin(
+    found: tuple[str, str] | Literal["look"] | None = "look",
+    environ: Mapping[str, str] = os.environ,
+) -> None:
+    """Skip without spin (or a C compiler), with how to install it; under CI=true, fail."""
+    if found == "look":
+        found = spinrun.tools()
+    if found is not None:
         return
     message = (
         "spin or a C compiler is missing: install them (Debian: apt-get install spin gcc; "
         ".ci/run does) to run the model checks"
     )
-    if os.environ.get("CI") == "true":
+    if environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def test_without_spin_the_checks_skip_saying_how_to_install_but_fail_under_ci() -> None:
+    with pytest.raises(pytest.fail.Exception, match=r"apt-get install spin gcc"):
+        require_spin(None, {"CI": "true"})
+    with pytest.raises(pytest.skip.Exception, match=r"apt-get install spin gcc"):
+        require_spin(None, {})
+    with pytest.raises(pytest.skip.Exception):
+        require_spin(None, {"CI": "false"})
+    require_spin(("spin", "cc"), {"CI": "true"})  # present: neither skips nor fails
 
 
 @pytest.fixture(scope="module")
