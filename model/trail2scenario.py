@@ -12,6 +12,7 @@ one effect at a time, and reports where the real code stopped following the trai
 
     python model/trail2scenario.py model/mutants/no_fence.pml            # search, then convert
     python model/trail2scenario.py model/mutants/no_fence.pml --trail T  # convert trail T
+    python model/trail2scenario.py model/one_key.pml --seed 7           # a random run
 
 Standard library only; needs ``spin`` and a C compiler.
 """
@@ -116,6 +117,36 @@ def scenario(
     }
 
 
+def simulate(
+    model: str | pathlib.Path, seed: int, steps: int, defines: Sequence[str] = ()
+) -> dict[str, Any]:
+    """A random run of ``model`` (SPIN's simulation with ``seed``, ``steps`` long) as a
+    scenario, with ECPay's batch at most once (ONE_BATCH): its next batch is a day after the
+    first, and a replay would have to age every lease and fence by a day for it, which the
+    model's batch does not."""
+    tools = spinrun.tools()
+    if tools is None:
+        raise RuntimeError("spin or a C compiler is missing: apt-get install spin gcc")
+    path = spinrun._model_path(model)
+    with tempfile.TemporaryDirectory(prefix="simulation-") as scratch:
+        ran = subprocess.run(
+            [tools[0], "-DONE_BATCH", *defines, f"-n{seed}", f"-u{steps}", str(path)],
+            cwd=scratch,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    events = [event(line) for line in ran.stdout.splitlines() if _LINE.match(line)]
+    return {
+        "model": path.relative_to(spinrun.ROOT).as_posix(),
+        "defines": list(defines),
+        "config": config(model, defines),
+        "events": events,
+        "mutated_at": None,
+        "seed": seed,
+    }
+
+
 def find(
     model: str | pathlib.Path, workdir: pathlib.Path, defines: Sequence[str] = ()
 ) -> tuple[spinrun.Result, dict[str, Any]]:
@@ -130,10 +161,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="the .pml whose trail this is")
     parser.add_argument("--trail", type=pathlib.Path, help="a .trail; none: search for one")
+    parser.add_argument("--seed", type=int, help="a random run (SPIN's simulation) instead")
+    parser.add_argument("--steps", type=int, default=600, help="the random run's length")
     parser.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args(argv)
     defines = [f"-D{d}" for d in args.defines]
-    if args.trail is not None:
+    if args.seed is not None:
+        found = simulate(args.model, args.seed, args.steps, defines)
+    elif args.trail is not None:
         found = scenario(args.model, args.trail.resolve(), defines)
     else:
         with tempfile.TemporaryDirectory(prefix="trail-") as scratch:

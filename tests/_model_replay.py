@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
@@ -67,6 +68,10 @@ DAY = dt.date(2026, 8, 5)
 #: How long, in real seconds, a call may take to reach its next effect.
 WAIT = 15.0
 
+#: The engine functions whose clock reads belong to the effect just done (see Call.clock).
+_AFTER_AN_EFFECT = frozenset(
+    {"_measure", "_check_quiet", "_remember", "_plan", "_check_fresh", "_attempt_flow", "_unknown"}
+)
 _FAULT = {
     "lost": Fault.LOST_REPLY,
     "late": Fault.READ_TIMEOUT_BEFORE_APPLY,
@@ -84,6 +89,7 @@ class Outcome:
 
     followed: int = 0
     diverged_at: int | None = None
+    waited_at: int | None = None
     reasons: list[str] = dataclasses.field(default_factory=list)
     answers: list[str] = dataclasses.field(default_factory=list)
     refunds: list[int] = dataclasses.field(default_factory=list)
@@ -127,13 +133,14 @@ class Call:
         self.done = False
         self.free = False
         self.locked = False
+        self.armed = True
         self.fate: str | None = None
         self.last: dict[str, Any] = {}
         self.answer = "running"
         self.client = Client(
             Credentials(MID, KEY, IV, auto_close=False),
             transport=GatedTransport(self),
-            clock=replay.emulator.clock,
+            clock=self.clock,
             journal=GatedJournal(replay.journal, self),
         )
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -170,6 +177,19 @@ class Call:
 
     # -- in the call's thread ------------------------------------------------------------------
 
+    def clock(self) -> dt.datetime:
+        """The call's clock. The engine reads it just before the effect it stamps (a claim's
+        ``now``, a save's lease, a query's ``queried_at``), and a model's step happens at one
+        moment: so the first such read after an effect waits for the scenario's next step. Reads
+        that finish the step just done (the plan and the attempt's Timestamp after a query, the
+        skew measured from a reply: _AFTER_AN_EFFECT) do not wait."""
+        if self.armed and threading.current_thread() is self.thread:
+            reader = sys._getframe(2).f_code.co_name  # Engine.now's caller
+            if reader not in _AFTER_AN_EFFECT:
+                self.armed = False
+                self.stop("clock")
+        return self.replay.emulator.now
+
     def stop(self, kind: str, **detail: Any) -> None:
         """Wait before an effect until the scenario lets it happen (or kills the worker)."""
         with self.cond:
@@ -182,6 +202,7 @@ class Call:
             self.pending = None
             self.granted = False
             self.passed += 1
+            self.armed = self.armed or kind != "clock"
             self.cond.notify_all()
             if self.crashed:
                 raise Died
@@ -195,23 +216,35 @@ class Call:
     def start(self) -> None:
         self.thread.start()
 
-    def at_gate(self) -> tuple[str, dict[str, Any]] | None:
-        """The effect the call waits before, or None once it has ended."""
+    def settle(self) -> tuple[str, dict[str, Any]] | None:
+        """Wait until the call waits (before an effect or a clock read) or has ended."""
         with self.cond:
             if not self.cond.wait_for(lambda: self.pending is not None or self.done, WAIT):
                 raise RuntimeError(f"{self!r} neither reached an effect nor ended")
             return self.pending
 
-    def grant(self) -> dict[str, Any]:
-        """Let the effect happen; return what it gave once the call waits again (or ended)."""
+    def _pass(self) -> None:
         with self.cond:
             passed = self.passed
-            self.last = {}
             self.granted = True
             self.cond.notify_all()
             if not self.cond.wait_for(lambda: self.passed > passed or self.done, WAIT):
                 raise RuntimeError(f"{self!r} did not take its turn")
-        self.at_gate()
+        self.settle()
+
+    def at_gate(self) -> tuple[str, dict[str, Any]] | None:
+        """The effect the call does next, now (its clock read first), or None once it ended."""
+        pending = self.settle()
+        while pending is not None and pending[0] == "clock":
+            self._pass()
+            pending = self.settle()
+        return pending
+
+    def grant(self) -> dict[str, Any]:
+        """Let the effect happen; return what it gave once the call waits again (or ended)."""
+        with self.cond:
+            self.last = {}
+        self._pass()
         with self.cond:
             return dict(self.last)
 
@@ -327,7 +360,7 @@ def _expected(event: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     step = event["step"]
     if step in ("open", "reclaim"):
         return "claim", {}
-    if step in ("for_order", "sw_read", "rc_read"):
+    if step in ("for_order", "sw_read", "rc_read", "rc_known"):
         return "for_order", {}
     if step in ("rc_get", "bo_get"):
         return "get", {}
@@ -360,13 +393,14 @@ class Replay:
         self._short_tick: int | None = None
         self._ticks = 0
         start = self._start_time()
+        setup = dt.datetime.combine(DAY - dt.timedelta(days=2), dt.time(10, 0), tzinfo=TAIPEI)
         settings = EmulatorSettings(
             refund_lowers_closed_amount_at_once=bool(self.config["AT_ONCE"]),
             # The second the batch takes (see _start_time) is ECPay's slack, not the request's
             # age: R20's window stays the model's 2 ticks, exactly.
             timestamp_tolerance=dt.timedelta(minutes=10, seconds=1),
         )
-        self.emulator = Emulator(now=start - dt.timedelta(days=1), settings=settings)
+        self.emulator = Emulator(now=setup, settings=settings)
         self.emulator.add_merchant(MID, KEY, IV, auto_close=False, balance=10**9)
         self.trade_no = self._set_up_order(start)
 
@@ -481,7 +515,10 @@ class Replay:
             self.calls[worker] = call
             self.all_calls.append(call)
             call.start()
-            call.at_gate()
+            if key is None:
+                call.at_gate()  # the model's start of a sweep is Engine.start_sweep's decision
+            else:
+                call.settle()
             return
         call = self.calls.get(worker)
         if call is None or call.free or step in ("crashed", "resume"):
@@ -496,7 +533,15 @@ class Replay:
                 self.result.followed += 1
             return
         kind, wanted = _expected(event)
+        if kind == "save" and event.get("ok") == 0:
+            # A write the journal refuses changes nothing: what it would have said is the
+            # writer's stale copy, which the model does not keep.
+            wanted = {}
         if pending is None:
+            if step == "lock" and call.key is None and self._backing_off():
+                # Engine.start_sweep skips an order whose unknown attempts back off
+                # (next_sweep_at): the model sweeps more often than the code.
+                self.result.waited_at = index
             self._diverge(call, index, f"the model's call goes on to {kind}, the real one ended")
             return
         if pending[0] != kind or any(pending[1].get(k) != v for k, v in wanted.items()):
@@ -546,6 +591,15 @@ class Replay:
                 return
         self.result.followed += 1
 
+    def _backing_off(self) -> bool:
+        now = self.emulator.now
+        waiting = [
+            record.next_sweep_at is not None and record.next_sweep_at > now
+            for record in self.journal.for_order(MID, ORDER)
+            if record.open_attempt is not None
+        ]
+        return bool(waiting) and all(waiting)
+
     def _drain(self) -> None:
         """Let the calls that left the trail go on by themselves, as far as they can."""
         moved = True
@@ -568,7 +622,7 @@ class Replay:
             call.free = True
         self._drain()
         for call in self.all_calls:
-            if call.at_gate() is not None:
+            if call.settle() is not None:
                 raise RuntimeError(f"{call!r} cannot finish: {call.pending}")
             self.result.answers.append(f"{call!r}: {call.answer}")
         # The shop's side: past every fence, lease and the batch, sweep, ask every key again.
