@@ -83,7 +83,9 @@ class Served:
 
 
 def process_list() -> str:
-    return subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        ["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def test_serve_runs_in_real_time_keeps_its_state_and_stops_cleanly(

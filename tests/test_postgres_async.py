@@ -369,7 +369,7 @@ def test_a_dropped_connection_is_replaced(postgres_dsn: str, schema: str) -> Non
             assert await journal.for_order(MID, "D1") == []
             with psycopg.connect(postgres_dsn, autocommit=True) as admin:
                 ended = admin.execute(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
                     "WHERE application_name = 'ecpay-lifecycle' AND pid <> pg_backend_pid() "
                     "AND backend_type = 'client backend'"
                 ).fetchone()

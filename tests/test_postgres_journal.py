@@ -196,9 +196,11 @@ def journal(open_journal: Opener) -> PostgresJournal:
 
 
 def terminate_journal_backends(admin: psycopg.Connection[Any]) -> int:
-    """Kill every server session the journals opened (as a crash or a DBA would)."""
+    """Kill every server session the journals opened (as a crash or a DBA would), and wait
+    (up to 5 s each) until each one has exited: ``pg_terminate_backend`` alone only signals
+    the backend, and on a loaded machine a connection could still answer one more statement."""
     rows = admin.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
         "WHERE application_name = 'ecpay-lifecycle' AND pid <> pg_backend_pid()"
     ).fetchall()
     return len(rows)

@@ -684,7 +684,9 @@ def test_no_secret_in_the_served_emulators_process_list_or_console() -> None:
         url = banner.split()[3]
         cmdline = pathlib.Path(f"/proc/{child.pid}/cmdline").read_bytes()
         assert_clean(cmdline.decode("utf-8", "replace"), "serve's command line")
-        listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+        listing = subprocess.run(
+            ["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True
+        )
         assert "ecpay-lifecycle serve" in listing.stdout
         assert_clean(listing.stdout, "the process list")
         with (
