@@ -24,6 +24,7 @@ import attrs
 
 # Appended, not inserted: benchmarks/_pg.py must win over tests/_pg.py for the benchmarks run after.
 sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.append(str(Path(__file__).resolve().parent.parent / "tests" / "core"))
 
 from ecpay_lifecycle import InMemoryJournal, OperationStatus
 from test_journal_memory import LEASE, MID, NOW, finished, store

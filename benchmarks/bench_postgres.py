@@ -20,7 +20,7 @@ Run: ``.venv/bin/python benchmarks/run.py postgres``. It starts a throwaway Post
   with 8, interleaved round by round. Two shapes: (1) an in-process emulator per worker, so the
   only thing the workers share is PostgreSQL (and the CPU): the journal's contention, beside the
   same workers on ``InMemoryJournal`` (nothing shared: what this CPU allows); (2) one emulator
-  served over HTTP on 127.0.0.1 in this process (as ``tests/test_workers.py`` does), the
+  served over HTTP on 127.0.0.1 in this process (as ``tests/client/test_workers.py`` does), the
   deployment's shape, where that one emulator process is also shared. Applications counted on
   the emulators' books must equal the refunds made, and do (asserted). The CPU a refund took
   (the workers', PostgreSQL's processes') and how busy the machine's cores were are printed

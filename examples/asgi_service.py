@@ -23,7 +23,7 @@ Run it (credentials from the environment, never the command line)::
     ECPAY_JOURNAL=postgresql://shop@db/shop \\
     uvicorn asgi_service:async_app --app-dir examples --workers 4
 
-``tests/test_asgi_example.py`` runs both under ``uvicorn --workers 4`` against the emulator.
+``tests/docs/test_asgi_example.py`` runs both under ``uvicorn --workers 4`` against the emulator.
 """
 
 from __future__ import annotations

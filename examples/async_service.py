@@ -22,7 +22,8 @@ Run it (uvicorn is the optional ``serve`` extra)::
     curl -s -X POST -H 'Idempotency-Key: r1' -d '{"amount": 300}' localhost:8080/orders/DEMO1/refund
 
 With ``ECPAY_MERCHANT_ID``, ``ECPAY_HASH_KEY`` and ``ECPAY_HASH_IV`` set it talks to ECPay's
-production host instead. ``tests/test_client_example.py`` runs this module against the emulator.
+production host instead. ``tests/docs/test_client_example.py`` runs this module against the
+emulator.
 """
 
 from __future__ import annotations

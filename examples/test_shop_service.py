@@ -7,7 +7,7 @@ the emulator; the shop adds two rules that call its own endpoint and one invaria
 books. The oracle for every answer is the planner on the emulator's truth (``self.plan``).
 
 Run it on its own with ``pytest examples/test_shop_service.py``; the project's suite runs it
-from ``tests/test_example_shop.py``.
+from ``tests/docs/test_example_shop.py``.
 """
 
 from __future__ import annotations

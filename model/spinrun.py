@@ -3,7 +3,7 @@
 The checks of model/README.md, one function each: ``check(model, mode)`` generates the
 verifier (``spin -a``), compiles it with the C compiler and runs it in a scratch directory,
 and returns the figures SPIN printed (states stored, transitions, the depth, the error and its
-trail). Used by ``tests/test_model.py`` and ``model/trail2scenario.py``; runnable on its own::
+trail). Used by ``tests/core/test_model.py`` and ``model/trail2scenario.py``; runnable on its own::
 
     python model/spinrun.py                  # every check of the suite, with its figures
     python model/spinrun.py model/one_key.pml --mode liveness

@@ -1,18 +1,17 @@
 """A throwaway PostgreSQL cluster for the tests that need a real server (``PostgresJournal``).
 
-``postgres_dsn`` is a session fixture: it runs ``initdb`` into a temporary directory, starts the
-server with ``pg_ctl`` on a free port of 127.0.0.1 (its unix socket in the same directory),
-creates a database and yields a conninfo string; at the end it stops the server
-(``pg_ctl stop -m fast``) and removes the directory. It takes about a second.
+``start_cluster`` (behind the session fixture ``postgres_dsn`` of ``conftest.py``) runs
+``initdb`` into a temporary directory, starts the server with ``pg_ctl`` on a free port of
+127.0.0.1 (its unix socket in the same directory), creates a database and returns the cluster
+with its conninfo; ``Cluster.stop`` stops the server (``pg_ctl stop -m fast``) and removes the
+directory. It takes about a second.
 
 Run as root, it runs the server as the ``postgres`` user (``initdb`` refuses root). The binaries
 are the newest ``/usr/lib/postgresql/*/bin`` (Debian's layout) or those on ``PATH``. Without them,
 or when the server cannot start, the tests skip and say how to enable them; with ``CI=true`` they
 fail instead, so a CI machine without PostgreSQL cannot pass by skipping.
 
-Import the fixture where it is used (the tests directory is on ``sys.path``)::
-
-    from _pg import postgres_dsn  # noqa: F401
+A test asks for the fixture by name (``postgres_dsn: str``); nothing needs importing.
 """
 
 from __future__ import annotations
@@ -26,12 +25,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import NoReturn
 
 import pytest
 
-__all__ = ["Cluster", "free_port", "postgres_dsn", "start_cluster"]
+__all__ = ["Cluster", "free_port", "start_cluster", "unavailable"]
 
 #: The database the fixture creates in the throwaway cluster.
 DATABASE = "ecpay_test"
@@ -210,20 +209,7 @@ def start_cluster() -> Cluster:
     return cluster
 
 
-def _unavailable(reason: str, *, ci: Sequence[str] = ("true", "1", "yes")) -> NoReturn:
+def unavailable(reason: str, *, ci: Sequence[str] = ("true", "1", "yes")) -> NoReturn:
     if os.environ.get("CI", "").lower() in ci:
         pytest.fail(f"CI needs PostgreSQL for the PostgresJournal tests: {reason}", pytrace=False)
     pytest.skip(f"PostgreSQL is not available ({reason}); {HOW_TO_ENABLE}")
-
-
-@pytest.fixture(scope="session")
-def postgres_dsn() -> Iterator[str]:
-    """Conninfo of a fresh database in a throwaway cluster, stopped and removed at the end."""
-    try:
-        cluster = start_cluster()
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        _unavailable(str(exc))
-    try:
-        yield cluster.dsn
-    finally:
-        cluster.stop()

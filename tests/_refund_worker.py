@@ -1,4 +1,4 @@
-"""A shop worker as its own OS process, for tests/test_workers.py.
+"""A shop worker as its own OS process, for tests/client/test_workers.py.
 
 ``python _refund_worker.py URL JOURNAL ORDER AMOUNT KEY OFFSET [--die-at POINT] [--sweep]``
 

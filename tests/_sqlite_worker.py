@@ -1,4 +1,5 @@
-"""A separate OS process for tests/test_sqlite_journal.py: ``python _sqlite_worker.py COMMAND ...``.
+"""A separate OS process for tests/client/test_sqlite_journal.py:
+``python _sqlite_worker.py COMMAND ...``.
 
 Each command prints ``ready`` once it has opened the journal, and (where it races others) waits
 for a line on stdin before acting, so the test can start many processes at the same moment.

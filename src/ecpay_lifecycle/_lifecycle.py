@@ -592,7 +592,7 @@ _TABLE: Final = _compile()
 def fire_via_machine(pos: Position, trigger: str, ctx: Context) -> tuple[Position, str]:
     """The same as :func:`fire`, through the shared ``transitions`` machine (slow; for tests).
 
-    The two must always agree; ``tests/test_lifecycle.py`` checks it.
+    The two must always agree; ``tests/core/test_lifecycle.py`` checks it.
     """
     with _LOCK:
         MACHINE.set_state(Phase(pos.state).value, model=_HOLDER)

@@ -3,8 +3,8 @@
 Part of the public testing kit, re-exported by :mod:`ecpay_lifecycle.strategies`; it lives here
 so that :mod:`ecpay_lifecycle._stateful` (``LifecycleMachine``'s ``faults`` switch) can draw
 from it without importing the public face. Besides single random faults, a schedule can be one
-of the fault sequences that once made money move twice (issue 8, ``tests/test_never_twice.py``;
-unknown outcomes are docs/ecpay-api.md section 9).
+of the fault sequences that once made money move twice (issue 8,
+``tests/client/test_never_twice.py``; unknown outcomes are docs/ecpay-api.md section 9).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def _confirming_query(fault: Fault) -> st.SearchStrategy[ScheduledFault]:
 
 
 def _sequences() -> st.SearchStrategy[tuple[ScheduledFault, ...]]:
-    """The fault sequences of issue 8 (``tests/test_never_twice.py``), simplest first."""
+    """The fault sequences of issue 8 (``tests/client/test_never_twice.py``), simplest first."""
     once = st.just(1)
     return st.one_of(
         # A request sent but never processed: unknown until the fence, then sent once more.

@@ -16,13 +16,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from _pg import postgres_dsn  # noqa: F401  # the throwaway PostgreSQL server
 from ecpay_lifecycle import Action, Client, Credentials
 from ecpay_lifecycle.emulator import Emulator, serving
 
 MID = "3002607"
 KEY, IV = "AsgiExampleKey16", "AsgiExampleIv016"
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
 ORDERS = 10
 DUPLICATES = 8
 
@@ -37,7 +36,7 @@ def free_port() -> int:
 @pytest.fixture(params=["app", "async_app"])
 def shop(
     request: pytest.FixtureRequest,
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
 ) -> Iterator[tuple[Emulator, str, str]]:
     import psycopg
 

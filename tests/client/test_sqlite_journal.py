@@ -70,7 +70,7 @@ KEY, IV = "SQLiteJournalK16", "SQLiteJournalI16"
 NOW = dt.datetime(2026, 8, 1, 10, 0, tzinfo=TAIPEI)
 AUTH = dt.datetime(2026, 8, 1, 9, 30, tzinfo=TAIPEI)
 LEASE = dt.timedelta(minutes=2)
-WORKER = pathlib.Path(__file__).with_name("_sqlite_worker.py")
+WORKER = pathlib.Path(__file__).parents[1] / "_sqlite_worker.py"
 #: How long any one wait may take before the test fails rather than hangs.
 PATIENCE = 30.0
 

@@ -32,14 +32,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from _pg import postgres_dsn  # noqa: F401  # the throwaway PostgreSQL server
 from ecpay_lifecycle import TAIPEI, Action, AttemptStatus
 from ecpay_lifecycle._ops import open_journal
 from ecpay_lifecycle.emulator import Emulator, serving
 
 MID = "3002607"
 KEY, IV = "WorkerTestKey016", "WorkerTestIv0016"
-WORKER = pathlib.Path(__file__).resolve().parent / "_refund_worker.py"
+WORKER = pathlib.Path(__file__).resolve().parents[1] / "_refund_worker.py"
 POINTS = ("before_record", "after_record", "after_send", "before_result")
 TRIALS = int(os.environ.get("ECPAY_KILL_TRIALS", "50"))
 LONGEST = 30.0
@@ -54,7 +53,7 @@ def journal(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
 
 
 @pytest.fixture
-def postgres_url(postgres_dsn: str) -> str:  # noqa: F811
+def postgres_url(postgres_dsn: str) -> str:
     return fresh_database(postgres_dsn)
 
 

@@ -1,7 +1,7 @@
 """LifecycleMachine with faults (issue 11 item 4): the ``faults`` switch, what its invariants
 accept, how it settles unknown outcomes, and that a service sending money again is caught.
 
-The fault sequences are issue 8's (tests/test_never_twice.py); unknown outcomes are
+The fault sequences are issue 8's (tests/client/test_never_twice.py); unknown outcomes are
 docs/ecpay-api.md section 9. Every run here is bounded (examples, steps) to keep the file well
 under a minute.
 """
@@ -36,12 +36,12 @@ from ecpay_lifecycle.emulator import Endpoint, EventKind, Fault
 from ecpay_lifecycle.strategies import LifecycleMachine, ScheduledFault, fault_schedules
 
 Reached = collections.Counter[tuple[str, ...]]
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
 
 
 def _load(name: str) -> ModuleType:
     """Import ``examples/<name>.py`` under its own name, as ``pytest examples/`` would (and as
-    tests/test_example_shop.py does: whichever runs first, both share the module)."""
+    tests/docs/test_example_shop.py does: whichever runs first, both share the module)."""
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import doctest
 import pathlib
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_readme_example_runs() -> None:

@@ -2,8 +2,9 @@
 call, many tasks and a sync worker share one database, locks are cancellation-safe, and bad input
 is a typed error.
 
-The journal contract itself runs against this store in tests/test_journal.py (``postgres-async``);
-eight OS processes with AsyncClient on it are in tests/test_workers.py.
+The journal contract itself runs against this store in tests/core/test_journal.py
+(``postgres-async``);
+eight OS processes with AsyncClient on it are in tests/client/test_workers.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import httpx
 import psycopg
 import pytest
 
-from _pg import free_port, postgres_dsn  # noqa: F401  # the throwaway PostgreSQL server
+from _pg import free_port
 from ecpay_lifecycle import (
     TAIPEI,
     Action,
@@ -88,7 +89,7 @@ def run(coroutine: Any) -> Any:
 
 
 def test_a_refund_is_journaled_and_replayed(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     schema: str,
     emulator: Emulator,
 ) -> None:
@@ -111,7 +112,7 @@ def test_a_refund_is_journaled_and_replayed(
 
 
 def test_many_tasks_with_one_key_refund_once(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     schema: str,
     emulator: Emulator,
 ) -> None:
@@ -137,7 +138,7 @@ def test_many_tasks_with_one_key_refund_once(
 
 
 def test_async_and_sync_workers_share_one_journal_and_one_lock(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     schema: str,
     emulator: Emulator,
 ) -> None:
@@ -195,7 +196,7 @@ async def _enter(locks: AsyncPostgresOrderLocks, order: list[str]) -> None:
 
 
 def test_a_sweep_resolves_through_an_async_journal(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     schema: str,
     emulator: Emulator,
 ) -> None:
@@ -231,7 +232,7 @@ def test_a_sweep_resolves_through_an_async_journal(
 # -- locks -------------------------------------------------------------------------------------
 
 
-def test_a_cancelled_waiter_holds_nothing(postgres_dsn: str, schema: str) -> None:  # noqa: F811
+def test_a_cancelled_waiter_holds_nothing(postgres_dsn: str, schema: str) -> None:
     async def scenario() -> list[str]:
         seen: list[str] = []
         async with AsyncPostgresJournal(postgres_dsn, schema=schema) as journal:
@@ -256,14 +257,14 @@ async def _hold_briefly(locks: Any, seen: list[str], name: str) -> None:
         seen.append(name)
 
 
-def test_hold_from_a_thread_is_refused(postgres_dsn: str, schema: str) -> None:  # noqa: F811
+def test_hold_from_a_thread_is_refused(postgres_dsn: str, schema: str) -> None:
     journal = AsyncPostgresJournal(postgres_dsn, schema=schema)
     with pytest.raises(ConfigurationError, match="PostgresJournal"):
         journal.locks.hold(MID, "L1")
 
 
 def test_lease_mode_locks_exclude_across_journals(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     schema: str,
 ) -> None:
     async def scenario() -> list[str]:
@@ -293,7 +294,7 @@ async def _lease_enter(journal: AsyncPostgresJournal, seen: list[str]) -> None:
 # -- bad input -----------------------------------------------------------------------------------
 
 
-def test_client_refuses_the_async_journal(postgres_dsn: str, schema: str) -> None:  # noqa: F811
+def test_client_refuses_the_async_journal(postgres_dsn: str, schema: str) -> None:
     journal = AsyncPostgresJournal(postgres_dsn, schema=schema)
     with pytest.raises(ConfigurationError, match="AsyncClient"):
         Client(Credentials(MID, KEY, IV), journal=journal)  # type: ignore[arg-type]
@@ -332,7 +333,7 @@ def test_a_refused_connection_is_a_journal_error_without_the_password() -> None:
 
 
 def test_a_newer_schema_is_refused_untouched(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     schema: str,
 ) -> None:
     PostgresJournal(postgres_dsn, schema=schema).close()
@@ -350,7 +351,7 @@ def test_a_newer_schema_is_refused_untouched(
     assert row == (SCHEMA_VERSION + 1,)
 
 
-def test_a_closed_journal_refuses_calls(postgres_dsn: str, schema: str) -> None:  # noqa: F811
+def test_a_closed_journal_refuses_calls(postgres_dsn: str, schema: str) -> None:
     async def scenario() -> None:
         journal = AsyncPostgresJournal(postgres_dsn, schema=schema)
         await journal.open()
@@ -361,7 +362,7 @@ def test_a_closed_journal_refuses_calls(postgres_dsn: str, schema: str) -> None:
     run(scenario())
 
 
-def test_a_dropped_connection_is_replaced(postgres_dsn: str, schema: str) -> None:  # noqa: F811
+def test_a_dropped_connection_is_replaced(postgres_dsn: str, schema: str) -> None:
     async def scenario() -> int:
         async with AsyncPostgresJournal(
             postgres_dsn, schema=schema, min_size=1, max_size=1

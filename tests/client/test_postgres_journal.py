@@ -37,7 +37,7 @@ import httpx
 import psycopg
 import pytest
 
-from _pg import free_port, postgres_dsn  # noqa: F401
+from _pg import free_port
 from ecpay_lifecycle import (
     TAIPEI,
     Action,
@@ -164,7 +164,7 @@ def schema() -> str:
 
 
 @pytest.fixture
-def admin(postgres_dsn: str) -> Iterator[psycopg.Connection[Any]]:  # noqa: F811
+def admin(postgres_dsn: str) -> Iterator[psycopg.Connection[Any]]:
     """A superuser connection to look at and disturb the server from outside the journal."""
     with psycopg.connect(postgres_dsn, autocommit=True) as connection:
         yield connection
@@ -174,7 +174,7 @@ Opener = Callable[..., PostgresJournal]
 
 
 @pytest.fixture
-def open_journal(postgres_dsn: str, schema: str) -> Iterator[Opener]:  # noqa: F811
+def open_journal(postgres_dsn: str, schema: str) -> Iterator[Opener]:
     """Opens journals on this test's schema (options may override); closes them all at the end."""
     opened: list[PostgresJournal] = []
 
@@ -519,7 +519,7 @@ def test_a_refused_connection_is_a_journal_error_that_says_what_to_do() -> None:
 
 
 def test_the_password_never_shows_in_a_repr_or_a_message(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     schema: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -550,7 +550,7 @@ def test_the_password_never_shows_in_a_repr_or_a_message(
 
 
 def test_each_kind_of_server_refusal_says_what_to_do(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     schema: str,
     admin: psycopg.Connection[Any],
     open_journal: Opener,
@@ -588,7 +588,7 @@ def test_the_default_server_is_named_without_a_conninfo(
 
 def test_each_session_commits_durably_even_when_the_server_does_not(
     open_journal: Opener,
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
 ) -> None:
     journal = open_journal(
         conninfo=f"{postgres_dsn} options='-c synchronous_commit=off' application_name=shop "
@@ -604,7 +604,7 @@ def test_each_session_commits_durably_even_when_the_server_does_not(
     assert row == ("on", "shop")
 
 
-def test_a_closed_journal_refuses_calls_and_locks(postgres_dsn: str, schema: str) -> None:  # noqa: F811
+def test_a_closed_journal_refuses_calls_and_locks(postgres_dsn: str, schema: str) -> None:
     with PostgresJournal(postgres_dsn, schema=schema) as journal:
         journal.claim(fresh(), now=NOW)
     for call in (
@@ -708,7 +708,7 @@ class Relay:
 
 
 @pytest.fixture
-def relay(postgres_dsn: str) -> Iterator[Relay]:  # noqa: F811
+def relay(postgres_dsn: str) -> Iterator[Relay]:
     match = re.search(r"port=(\d+)", postgres_dsn)
     assert match is not None
     relay = Relay(int(match.group(1)))
@@ -719,7 +719,7 @@ def relay(postgres_dsn: str) -> Iterator[Relay]:  # noqa: F811
 def test_a_save_whose_answer_was_lost_after_it_committed_is_recognised(
     open_journal: Opener,
     relay: Relay,
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
 ) -> None:
     journal = open_journal(conninfo=relay.conninfo(postgres_dsn), min_size=1, max_size=1)
     record = journal.claim(fresh(), now=NOW).record
@@ -750,7 +750,7 @@ def test_a_save_whose_answer_was_lost_after_it_committed_is_recognised(
 def test_a_save_lost_twice_is_a_journal_error_and_its_step_is_never_sent(
     open_journal: Opener,
     relay: Relay,
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
 ) -> None:
     """Both the save and its retry lose their answer: the caller gets a JournalError (so the
     engine sends nothing), though the row may hold the attempt: an attempt recorded and never
@@ -769,7 +769,7 @@ def test_a_save_lost_twice_is_a_journal_error_and_its_step_is_never_sent(
 def test_a_server_that_goes_away_is_a_journal_error_within_the_timeout(
     open_journal: Opener,
     relay: Relay,
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
 ) -> None:
     journal = open_journal(conninfo=relay.conninfo(postgres_dsn), timeout=1)
     journal.claim(fresh(), now=NOW)
@@ -786,7 +786,7 @@ def test_a_server_that_goes_away_is_a_journal_error_within_the_timeout(
 def test_lease_locks_whose_server_goes_away_lapse_and_say_so(
     open_journal: Opener,
     relay: Relay,
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     journal = open_journal(
@@ -965,7 +965,7 @@ def test_a_waiter_cancelled_while_it_waits_for_a_lock_connection_holds_nothing(
 def test_a_waiter_cancelled_while_its_call_is_at_the_server_holds_nothing(
     open_journal: Opener,
     relay: Relay,
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     admin: psycopg.Connection[Any],
     schema: str,
     lease_mode: bool,
@@ -1011,7 +1011,7 @@ def test_a_waiter_cancelled_while_its_call_is_at_the_server_holds_nothing(
 
 def test_no_timeout_of_the_role_ends_a_lock_wait_but_a_cancel_does(
     open_journal: Opener,
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     admin: psycopg.Connection[Any],
 ) -> None:
     impatient = f"{postgres_dsn} options='-c statement_timeout=100 -c lock_timeout=100'"
@@ -1183,7 +1183,7 @@ def spawn() -> Iterator[Callable[..., multiprocessing.process.BaseProcess]]:
 
 
 def test_eight_processes_claiming_one_key_at_once_make_one_owner(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     schema: str,
     spawn: Callable[..., Any],
     open_journal: Opener,
@@ -1200,7 +1200,7 @@ def test_eight_processes_claiming_one_key_at_once_make_one_owner(
 
 @pytest.mark.parametrize("lease_mode", [False, True], ids=["advisory", "lease"])
 def test_the_order_lock_excludes_processes(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     schema: str,
     spawn: Callable[..., Any],
     open_journal: Opener,
@@ -1220,7 +1220,7 @@ def test_the_order_lock_excludes_processes(
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
 @pytest.mark.parametrize("lease_mode", [False, True], ids=["advisory", "lease"])
 def test_a_lock_holder_killed_with_sigkill_frees_the_lock(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     schema: str,
     spawn: Callable[..., Any],
     open_journal: Opener,
@@ -1443,7 +1443,7 @@ def test_connections_killed_between_every_request_still_refund_once(
 def test_an_attempt_the_journal_cannot_record_is_never_sent(
     open_journal: Opener,
     relay: Relay,
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
 ) -> None:
     """The server goes away after the first query: the attempt cannot be recorded, so the
     DoAction never leaves, and what the server kept has no attempt."""
@@ -1498,7 +1498,7 @@ def test_an_attempt_the_journal_cannot_record_is_never_sent(
     ],
 )
 def test_wrong_options_are_typed_errors(
-    postgres_dsn: str,  # noqa: F811
+    postgres_dsn: str,
     options: dict[str, object],
     error: type[Exception],
 ) -> None:

@@ -29,7 +29,7 @@ from ecpay_lifecycle._ops import EXIT_CODES
 from ecpay_lifecycle._sqlite import SQLiteJournal
 from ecpay_lifecycle.emulator import Emulator, Endpoint, EventKind, Fault, serving
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 MID = "3002607"
 # Distinctive values: no output may ever contain them, or any 8 characters of them.
 KEY, IV = "Kq7ZoperatorKEY1", "Vx3WoperatorIV16"

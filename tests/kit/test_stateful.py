@@ -1,7 +1,7 @@
 """LifecycleMachine (issue 5): it runs as is, its hooks and options do what they say.
 
-The differential checks themselves are exercised in tests/test_differential.py; a shop's use of
-the machine in tests/test_example_shop.py.
+The differential checks themselves are exercised in tests/kit/test_differential.py; a shop's use of
+the machine in tests/docs/test_example_shop.py.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from _shrinking import shrunk_failure
 from ecpay_lifecycle import TAIPEI, Action, Client, Credentials, PaymentKind
 from ecpay_lifecycle.emulator import Emulator
 
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
 MID, KEY, IV = "3002607", "ejCk326UnaZWKisg", "q9jcZX8Ib9LM8wYk"
 
 

@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONTRACT = ROOT / "docs" / "ecpay-api.md"
 THIS = pathlib.Path(__file__).resolve()
 

@@ -30,7 +30,7 @@ from ecpay_lifecycle._exceptions import error_token
 from ecpay_lifecycle.emulator import Emulator, Endpoint, EventKind, Fault
 from test_emulator_support import IV, KEY, MID, START, make_emulator
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "ecpay"
+FIXTURES = pathlib.Path(__file__).parents[1] / "fixtures" / "ecpay"
 FILES = sorted(FIXTURES.glob("*.json"))
 
 #: The endpoint a recording names, as one of the emulator's three. Recordings from a sibling

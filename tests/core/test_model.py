@@ -30,7 +30,7 @@ from typing import Literal
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "model"))
 
 import spinrun  # noqa: E402  (model/spinrun.py, the model's own tooling)

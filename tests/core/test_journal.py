@@ -27,7 +27,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _pg import postgres_dsn  # noqa: F401  # the throwaway PostgreSQL server
 from ecpay_lifecycle import (
     TAIPEI,
     Action,

@@ -1,7 +1,7 @@
 """The console's server side, without a browser: the page and its files at ``/``, the read-only
 admin routes it polls (merchants, orders with deadlines and applied DoActions, faults, the
 overview with events since N), and that none of it holds a HashKey or HashIV or points outside
-the package. The page itself is driven in a real browser in tests/test_console.py."""
+the package. The page itself is driven in a real browser in tests/emulator/test_console.py."""
 
 from __future__ import annotations
 

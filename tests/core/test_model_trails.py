@@ -1,7 +1,7 @@
 """Trails become tests (issue 13 item 5): SPIN's counterexamples replayed against the real code.
 
 Each mutant under model/mutants/ removes one rule of the safety protocol, and SPIN finds a run
-in which it refunds a key twice (tests/test_model.py). Here that run is turned into an emulator
+in which it refunds a key twice (tests/core/test_model.py). Here that run is turned into an emulator
 scenario (model/trail2scenario.py: the calls each worker makes, the faults, the clock's moves,
 the processes killed) and played against ``ecpay_lifecycle.Client`` step by step
 (tests/_model_replay.py). The real client does everything the trail does up to the step the
@@ -25,7 +25,7 @@ import pytest
 from _model_replay import UNIT, Outcome, replay
 from ecpay_lifecycle import AttemptStatus, OperationStatus
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "model"))
 
 import spinrun  # noqa: E402  (model/spinrun.py)

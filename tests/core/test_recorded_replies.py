@@ -51,7 +51,7 @@ from ecpay_lifecycle._protocol import (
 )
 from ecpay_lifecycle._rules import TAIPEI
 
-FIXTURES = Path(__file__).parent / "fixtures" / "ecpay"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "ecpay"
 KEY = "ejCk326UnaZWKisg"
 IV = "q9jcZX8Ib9LM8wYk"
 NOW = dt.datetime(2026, 8, 1, 10, 0, tzinfo=TAIPEI)

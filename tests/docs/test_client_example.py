@@ -19,7 +19,7 @@ import httpx
 from ecpay_lifecycle import TAIPEI, AsyncClient, Credentials, State
 from ecpay_lifecycle.emulator import Emulator, Endpoint, Fault
 
-EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples" / "async_service.py"
+EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "async_service.py"
 MID, KEY, IV = "3002607", "ejCk326UnaZWKisg", "q9jcZX8Ib9LM8wYk"
 
 

@@ -12,7 +12,7 @@ from ecpay_lifecycle import _cli
 from ecpay_lifecycle._diagram import render_mermaid
 from ecpay_lifecycle._lifecycle import TRANSITIONS
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_committed_diagram_is_fresh() -> None:
