@@ -45,13 +45,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ecpay_lifecycle._exceptions import EcpayError
 from ecpay_lifecycle._models import Action, GatewayStatus, PaymentKind
 
-from ._events import Event, Landing
+from ._console import read_route, send_asset
 from ._faults import Endpoint, Fault
-from ._state import OrderView
+from ._json_views import event_json, landing_json, view_json
+from ._pipeline import Failure, Pipeline, Received, Reply
 from ._wire import parse_aware_iso
 
-if TYPE_CHECKING:
-    from ._emulator import Emulator, _Reply
+if TYPE_CHECKING:  # for annotations only: the facade imports this module
+    from ._emulator import Emulator
 
 __all__ = ["BODY_TIMEOUT", "admin_refusal", "serve"]
 
@@ -78,13 +79,16 @@ class _AdminError(Exception):
 
 async def serve(
     emulator: Emulator,
+    pipeline: Pipeline,
     scope: Mapping[str, Any],
     receive: Receive,
     send: Send,
     *,
     body_timeout: float = BODY_TIMEOUT,
 ) -> None:
-    """Handle one ASGI connection scope (``http`` and ``lifespan``; others are ignored).
+    """Handle one ASGI connection scope (``http`` and ``lifespan``; others are ignored):
+    ECPay's endpoints through ``pipeline`` (``emulator``'s), the admin routes through
+    ``emulator``'s public methods.
 
     A body that takes longer than ``body_timeout`` seconds answers 408; see the module
     docstring for what the admin routes refuse.
@@ -109,8 +113,8 @@ async def serve(
     if body is None:
         await _send(send, 413, b"Payload Too Large", "text/plain; charset=utf-8")
         return
-    if not emulator._glide():  # a running clock has batches or day rules due:
-        await asyncio.to_thread(emulator.catch_up)  # they run in a thread, not on the loop
+    if not pipeline.glide():  # a running clock has batches or day rules due:
+        await asyncio.to_thread(pipeline.catch_up)  # they run in a thread, not on the loop
     if admin and method == "POST" and path[len(_ADMIN) :].strip("/") == "time":
         # A jump over many batches runs in the clock's own thread, a few orders at a time.
         loop = asyncio.get_running_loop()
@@ -119,18 +123,16 @@ async def serve(
         )
         await _send_json(send, status, payload)
         return
-    from . import _console  # noqa: PLC0415  # the console builds on this module's JSON helpers
-
     if path.startswith(_ADMIN):
         route = path[len(_ADMIN) :]
-        read = _console.read_route(emulator, method, route, scope.get("query_string", b""))
+        read = read_route(emulator, method, route, scope.get("query_string", b""))
         status, payload = read if read is not None else _admin(emulator, method, route, body)
         content = b"" if payload is None else json.dumps(payload, ensure_ascii=False).encode()
         await _send(send, status, content, "application/json")
         return
-    if await _console.send_asset(send, method, path):  # GET /: the console's page and files
+    if await send_asset(send, method, path):  # GET /: the console's page and files
         return
-    await _gateway(emulator, method, path, body, send)
+    await _gateway(pipeline, method, path, body, send)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -245,21 +247,19 @@ async def _send(send: Send, status: int, body: bytes, content_type: str) -> None
     await send({"type": "http.response.body", "body": body})
 
 
-async def _gateway(emulator: Emulator, method: str, path: str, body: bytes, send: Send) -> None:
+async def _gateway(pipeline: Pipeline, method: str, path: str, body: bytes, send: Send) -> None:
     """One of ECPay's endpoints, with its fault turned into real-server behaviour."""
-    from ._emulator import _Failure, _Received  # noqa: PLC0415  # circular at import time
-
-    got = emulator._receive(method, path, body)
-    if isinstance(got, _Received):
+    got = pipeline.receive(method, path, body)
+    if isinstance(got, Received):
         if got.delay:
             await asyncio.sleep(got.delay)
-            if not emulator._glide():  # the delay let real time pass: catch up off the loop
-                await asyncio.to_thread(emulator.catch_up)
-        got = emulator._process(got)
-    reply: _Reply = got
+            if not pipeline.glide():  # the delay let real time pass: catch up off the loop
+                await asyncio.to_thread(pipeline.catch_up)
+        got = pipeline.process(got)
+    reply: Reply = got
     if reply.hang:
         await asyncio.sleep(reply.hang)
-    if reply.failure in (_Failure.DISCONNECT, _Failure.RESET):
+    if reply.failure in (Failure.DISCONNECT, Failure.RESET):
         # Promise the whole reply, deliver part of it (or none), and end: the server closes the
         # connection and the client sees an incomplete message.
         await send(
@@ -272,7 +272,7 @@ async def _gateway(emulator: Emulator, method: str, path: str, body: bytes, send
                 ],
             }
         )
-        if reply.failure is _Failure.DISCONNECT:
+        if reply.failure is Failure.DISCONNECT:
             half = reply.body[: len(reply.body) // 2]
             await send({"type": "http.response.body", "body": half, "more_body": True})
         return
@@ -421,64 +421,3 @@ def _endpoint(value: object) -> Endpoint | None:
         if value in (member.value, member.name):
             return member
     raise _AdminError(f"endpoint must be one of {', '.join(e.name for e in Endpoint)}")
-
-
-def view_json(view: OrderView) -> dict[str, Any]:
-    """An :class:`OrderView` as JSON (statuses in both spellings, times in ISO 8601)."""
-    return {
-        "merchant_id": view.merchant_id,
-        "merchant_trade_no": view.merchant_trade_no,
-        "trade_no": view.trade_no,
-        "trade_id": view.trade_id,
-        "amount": view.amount,
-        "closed_amount": view.closed_amount,
-        "status": view.status.english or view.status.chinese,
-        "status_chinese": view.status.chinese,
-        "state": view.state.value,
-        "kind": view.kind.value,
-        "authorized_at": view.authorized_at.isoformat(),
-        "refunded_total": view.refunded_total,
-        "pending_refund_total": view.pending_refund_total,
-        "capture_settled": view.capture_settled,
-        "auto_close": view.auto_close,
-        "close_rows": [
-            {"status": row.status.english, "amount": row.amount, "at": row.at.isoformat()}
-            for row in view.close_rows
-        ],
-    }
-
-
-def event_json(event: Event) -> dict[str, Any]:
-    """An :class:`Event` as JSON."""
-    return {
-        "seq": event.seq,
-        "at": event.at.isoformat(),
-        "kind": event.kind.value,
-        "merchant_id": event.merchant_id,
-        "merchant_trade_no": event.merchant_trade_no,
-        "endpoint": None if event.endpoint is None else event.endpoint.name,
-        "action": None if event.action is None else event.action.value,
-        "amount": event.amount,
-        "request": None if event.request is None else dict(event.request),
-        "applied": event.applied,
-        "reply": None if event.reply is None else dict(event.reply),
-        "trans_code": event.trans_code,
-        "rtn_code": event.rtn_code,
-        "refusal": None if event.refusal is None else event.refusal.value,
-        "fault": None if event.fault is None else event.fault.value,
-        "note": event.note,
-    }
-
-
-def landing_json(landing: Landing) -> dict[str, Any]:
-    """A :class:`Landing` as JSON."""
-    return {
-        "at": landing.at.isoformat(),
-        "received_at": landing.received_at.isoformat(),
-        "timestamp": landing.timestamp.isoformat(),
-        "merchant_id": landing.merchant_id,
-        "merchant_trade_no": landing.merchant_trade_no,
-        "action": None if landing.action is None else landing.action.value,
-        "amount": landing.amount,
-        "request": dict(landing.request),
-    }

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 from ecpay_lifecycle._exceptions import EcpayError
 from ecpay_lifecycle._models import Action, PaymentKind
 
-from ._asgi import event_json, landing_json, view_json
 from ._faults import Endpoint, Fault, FaultRule
+from ._json_views import event_json, landing_json, view_json
 from ._state import TAIPEI, MerchantView, OrderView
 
 if TYPE_CHECKING:

@@ -1,11 +1,11 @@
 """The :class:`Emulator`: ECPay's three credit endpoints, stateful, on a clock that tests move.
 
-Front doors: :attr:`Emulator.handler` / :attr:`Emulator.async_handler` for
-``httpx.MockTransport`` and :meth:`Emulator.asgi_app` for any ASGI server. All three share one
-request pipeline: read the envelope (section 2), pick an armed fault, apply the request to the
-:class:`~._state.Ledger` (sections 3-7), shape the reply. A DoAction let in by ``Fault.LATE_APPLY``
-waits in a queue of landings until the clock reaches its moment (section 9, R22). One re-entrant
-lock guards all state. Sections are those of docs/ecpay-api.md.
+The facade over the emulator's parts: the :class:`~._state.Ledger` (sections 3-7), the
+clock that moves it (batches, day rules, and the landings of DoActions in flight, section 9),
+the event log, the faults, and the front doors. :attr:`Emulator.handler` /
+:attr:`Emulator.async_handler` for ``httpx.MockTransport`` and :attr:`Emulator.asgi_app` for any
+ASGI server (:mod:`._asgi`) all send requests through one :class:`~._pipeline.Pipeline`. One
+re-entrant lock guards all state. Sections are those of docs/ecpay-api.md.
 """
 
 from __future__ import annotations
@@ -13,142 +13,33 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
-import enum
-import itertools
-import json
 import threading
 import time
-import types
 from collections.abc import Mapping
 from typing import Any
 
-import attrs
 import httpx
 
 from ecpay_lifecycle._codec import Secret
-from ecpay_lifecycle._exceptions import (
-    CodecError,
-    ConfigurationError,
-    InvalidArgument,
-    InvalidArgumentType,
-)
-from ecpay_lifecycle._models import (
-    Action,
-    GatewayStatus,
-    OrderSnapshot,
-    PaymentKind,
-    check_order_number,
-)
+from ecpay_lifecycle._exceptions import ConfigurationError, InvalidArgument, InvalidArgumentType
+from ecpay_lifecycle._models import GatewayStatus, OrderSnapshot, PaymentKind
 
+from ._asgi import BODY_TIMEOUT, serve
 from ._events import Event, EventKind, Landing
-from ._faults import Endpoint, Fault, FaultRule, Faults
+from ._faults import Endpoint, Faults
 from ._persist import FORMAT, VERSION, Reader, settings_from_json, settings_to_json
-from ._settings import EmulatorSettings, Refusal
-from ._state import Ledger, MerchantView, OrderView, _Merchant, _Order
-from ._wire import (
-    DECRYPT_FAIL,
-    STALE_TIMESTAMP,
-    TRANS_MESSAGES,
-    EnvelopeProblem,
-    credit_detail_reply,
-    echo,
-    garble,
-    other_number,
-    query_trade_reply,
-    read_envelope,
-)
+from ._pipeline import Failure, Pipeline, Received, Reply
+from ._settings import EmulatorSettings
+from ._state import Ledger, MerchantView, OrderView
 
 __all__ = ["AsgiApp", "Emulator"]
 
-_JSON = "application/json"
-_TEXT = "text/plain; charset=utf-8"
-#: A landing so far away that it overflows the calendar never lands.
-_NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 #: How many batch or day-rule happenings (one order each) run under one hold of the lock while
 #: the clock moves: small enough that a request waits at most a millisecond or two.
 _PIECE = 32
 #: How long a clock move steps aside for a request that knocked: enough for a woken thread to
 #: take the lock, short enough that a move over two years of batches loses little time.
 _STEP_ASIDE = 0.0005
-
-
-class _Failure(enum.Enum):
-    """What the transport does instead of delivering the reply."""
-
-    CONNECT_TIMEOUT = "connect_timeout"
-    READ_TIMEOUT = "read_timeout"
-    DISCONNECT = "disconnect"
-    RESET = "reset"
-
-
-@attrs.frozen
-class _Reply:
-    """A finished answer; ``failure`` (with ``hang`` seconds for real servers) hides it."""
-
-    status: int
-    body: bytes
-    content_type: str = _JSON
-    failure: _Failure | None = None
-    hang: float = 0.0
-
-
-@attrs.frozen
-class _Received:
-    """A request whose envelope decrypted, waiting (maybe after a DELAY) to be processed.
-
-    ``timestamp`` is its ``RqHeader.Timestamp`` (epoch seconds), ``received_at`` the emulator
-    time it arrived.
-    """
-
-    endpoint: Endpoint
-    merchant: _Merchant
-    inner: dict[str, Any]
-    action: Action | None
-    rule: FaultRule | None
-    timestamp: float
-    received_at: dt.datetime
-
-    @property
-    def delay(self) -> float:
-        return self.rule.seconds if self.rule and self.rule.fault is Fault.DELAY else 0.0
-
-
-@attrs.frozen(eq=False)
-class _Landing:
-    """A DoAction in flight (``Fault.LATE_APPLY``): it lands at ``at``; ``seq`` breaks ties."""
-
-    seq: int
-    at: dt.datetime
-    got: _Received
-
-    def view(self) -> Landing:
-        inner = self.got.inner
-        amount = inner.get("TotalAmount")
-        return Landing(
-            at=self.at,
-            received_at=self.got.received_at,
-            timestamp=dt.datetime.fromtimestamp(self.got.timestamp, dt.UTC),
-            merchant_id=echo(inner.get("MerchantID")) or self.got.merchant.merchant_id,
-            merchant_trade_no=echo(inner.get("MerchantTradeNo")) or None,
-            action=self.got.action,
-            amount=amount if isinstance(amount, int) and not isinstance(amount, bool) else None,
-            request=types.MappingProxyType(inner),
-        )
-
-
-@attrs.frozen
-class _Outcome:
-    """What processing a request did: the inner reply, whether the order changed, why not."""
-
-    reply: dict[str, Any]
-    applied: bool = False
-    refusal: Refusal | None = None
-    merchant_trade_no: str | None = None
-    amount: int | None = None
-
-
-def _dumps(payload: Mapping[str, Any]) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 class Emulator:
@@ -203,10 +94,9 @@ class Emulator:
         self._lock = threading.RLock()
         self._events: collections.deque[Event] = collections.deque(maxlen=max_events)
         self._seq = 0
-        self._ledger = Ledger(now, settings, self._record)
-        self._landings: list[_Landing] = []
-        self._landing_seq = itertools.count(1)
         self.faults = Faults(self._lock)
+        self._ledger = Ledger(now, settings, self._record)
+        self._pipeline = self._pipeline_for(self._ledger)
         #: Real time: the emulator time at a monotonic instant; None: the clock is frozen.
         self._anchor: tuple[dt.datetime, float] | None = (
             (self._ledger.now, time.monotonic()) if realtime else None
@@ -318,7 +208,7 @@ class Emulator:
         with self._lock:
             if target <= self._ledger.now:
                 return True
-            first_landing = min((landing.at for landing in self._landings), default=None)
+            first_landing = self._pipeline.next_landing()
             return (first_landing is None or target < first_landing) and self._ledger.glide(target)
 
     def _wall(self) -> dt.datetime:
@@ -351,10 +241,10 @@ class Emulator:
         while True:
             with self._lock:
                 ledger = self._ledger
-                queued = self._queued()
+                queued = self._pipeline.queued()
                 if queued and queued[0].at <= ledger.now:
                     # At its moment, after everything else that happens then (R22's fence).
-                    self._land(queued[0])
+                    self._pipeline.land(queued[0])
                     continue
                 if ledger.now >= target:
                     return
@@ -531,14 +421,23 @@ class Emulator:
         """
         self.catch_up()
         with self._lock:
-            return tuple(landing.view() for landing in self._queued())
-
-    def _queued(self) -> list[_Landing]:
-        return sorted(self._landings, key=lambda landing: (landing.at, landing.seq))
+            return tuple(landing.view() for landing in self._pipeline.queued())
 
     def _record(self, kind: EventKind, at: dt.datetime, **fields: Any) -> None:
         self._seq += 1
         self._events.append(Event(seq=self._seq, at=at, kind=kind, **fields))
+
+    def _pipeline_for(self, ledger: Ledger) -> Pipeline:
+        """The request path over ``ledger``, sharing this emulator's lock, faults, event log
+        and clock, with no DoAction in flight."""
+        return Pipeline(
+            ledger,
+            self._lock,
+            self.faults,
+            self._record,
+            catch_up=self.catch_up,
+            glide=self._glide,
+        )
 
     # -- state files -------------------------------------------------------------------------
 
@@ -567,7 +466,7 @@ class Emulator:
                 "realtime": self.realtime,
                 "settings": settings_to_json(self.settings),
                 "ledger": self._ledger.dump(),
-                "landings": [_landing_json(landing) for landing in self._queued()],
+                "landings": self._pipeline.dump_landings(),
                 "event_seq": self._seq,
             }
 
@@ -606,11 +505,9 @@ class Emulator:
         except InvalidArgument as error:
             raise ConfigurationError(f"ledger.now: {error}") from error
         emulator._ledger = Ledger.restore(ledger, saved_now, settings, emulator._record)
+        emulator._pipeline = emulator._pipeline_for(emulator._ledger)
+        emulator._pipeline.restore_landings(reader.items("landings"))
         emulator._seq = reader.integer("event_seq")
-        emulator._landings = [emulator._restore_landing(item) for item in reader.items("landings")]
-        emulator._landing_seq = itertools.count(
-            max((landing.seq for landing in emulator._landings), default=0) + 1
-        )
         if realtime:
             resume = saved_now
             if reader.flag("realtime"):
@@ -623,25 +520,6 @@ class Emulator:
         emulator._record(EventKind.SETUP, saved_now, note="state restored")
         return emulator
 
-    def _restore_landing(self, item: Reader) -> _Landing:
-        merchant = self._ledger.merchants.get(item.text("merchant_id"))
-        if merchant is None:
-            raise ConfigurationError(f"{item.where}.merchant_id is not one of the merchants")
-        request = item.raw("request")
-        if not isinstance(request, dict):
-            raise ConfigurationError(f"{item.where}.request must be a JSON object")
-        action = item.optional_text("action")
-        got = _Received(
-            endpoint=item.member("endpoint", Endpoint),
-            merchant=merchant,
-            inner=request,
-            action=None if action is None else _action(action),
-            rule=None,
-            timestamp=item.number("timestamp"),
-            received_at=item.time("received_at"),
-        )
-        return _Landing(item.integer("seq"), item.time("at"), got)
-
     # -- front doors -------------------------------------------------------------------------
 
     def handler(self, request: httpx.Request) -> httpx.Response:
@@ -650,21 +528,21 @@ class Emulator:
         Transport faults raise the httpx exception a real network would (``ConnectTimeout``,
         ``ReadTimeout``, ``RemoteProtocolError``, ``ReadError``); DELAY sleeps in this thread.
         """
-        got = self._receive(request.method, request.url.path, request.content)
-        if isinstance(got, _Received):
+        got = self._pipeline.receive(request.method, request.url.path, request.content)
+        if isinstance(got, Received):
             if got.delay:
                 time.sleep(got.delay)
-            got = self._process(got)
+            got = self._pipeline.process(got)
         return _to_httpx(got, request)
 
     async def async_handler(self, request: httpx.Request) -> httpx.Response:
         """Like :meth:`handler` for ``httpx.AsyncClient``; a DELAY fault awaits instead of
         blocking the event loop."""
-        got = self._receive(request.method, request.url.path, request.content)
-        if isinstance(got, _Received):
+        got = self._pipeline.receive(request.method, request.url.path, request.content)
+        if isinstance(got, Received):
             if got.delay:
                 await asyncio.sleep(got.delay)
-            got = self._process(got)
+            got = self._pipeline.process(got)
         return _to_httpx(got, request)
 
     @property
@@ -674,343 +552,6 @@ class Emulator:
         server (``uvicorn``, ``hypercorn``) or test it with ``httpx.ASGITransport``."""
         return AsgiApp(self)
 
-    # -- the pipeline ------------------------------------------------------------------------
-
-    def _receive(self, method: str, path: str, body: bytes) -> _Received | _Reply:
-        """Phase one: route, read and decrypt the envelope, pick a fault. Never raises."""
-        endpoint = Endpoint.from_path(path)
-        if endpoint is None:
-            return _Reply(404, b"Not Found", _TEXT)
-        if method.upper() != "POST":
-            return _Reply(405, b"Method Not Allowed", _TEXT)
-        self.catch_up()
-        with self._lock:
-            # A request arriving at or after a landing's moment finds it landed (R22's fence).
-            for landing in self._queued():
-                if landing.at <= self._ledger.now:
-                    self._land(landing)
-            envelope = read_envelope(body)
-            if isinstance(envelope, EnvelopeProblem):
-                return self._reject(
-                    endpoint,
-                    envelope.merchant_id,
-                    envelope.message,
-                    trans_code=envelope.trans_code,
-                    trans_msg=envelope.trans_msg,
-                )
-            merchant = self._ledger.merchants.get(envelope.merchant_id)
-            if merchant is None:
-                return self._reject(endpoint, envelope.merchant_id, "MerchantID is not registered")
-            now = self._ledger.now.timestamp()
-            if abs(now - envelope.timestamp) > self.settings.timestamp_tolerance.total_seconds():
-                code, text = STALE_TIMESTAMP
-                return self._reject(
-                    endpoint,
-                    envelope.merchant_id,
-                    "Timestamp is outside 10 minutes (R20)",
-                    trans_code=code,
-                    trans_msg=text,
-                )
-            try:
-                inner = merchant.codec.decrypt(envelope.data)
-            except CodecError:
-                code, text = DECRYPT_FAIL
-                return self._reject(
-                    endpoint,
-                    envelope.merchant_id,
-                    "Data does not decrypt (R1)",
-                    trans_code=code,
-                    trans_msg=text,
-                )
-            platform = inner.get("PlatformID")
-            if platform not in (None, "") and platform != envelope.merchant_id:
-                return self._reject(
-                    endpoint,
-                    envelope.merchant_id,
-                    "PlatformID is set and differs from MerchantID",
-                    inner,
-                )
-            action = _action(inner.get("Action")) if endpoint is Endpoint.DO_ACTION else None
-            number = echo(inner.get("MerchantTradeNo")) or None
-            rule = self.faults.take(endpoint, action, number)
-            return _Received(
-                endpoint, merchant, inner, action, rule, envelope.timestamp, self._ledger.now
-            )
-
-    def _reject(
-        self,
-        endpoint: Endpoint,
-        merchant_id: str,
-        message: str,
-        inner: dict[str, Any] | None = None,
-        *,
-        trans_code: int | None = None,
-        trans_msg: str | None = None,
-    ) -> _Reply:
-        """A bad envelope: TransCode != 1, nothing processed, nothing changed (section 2).
-
-        ``trans_code`` / ``trans_msg``: ECPay's own answer where observed (110, 104); otherwise
-        the settings' bad-envelope code and ``message``.
-        """
-        code = self.settings.bad_envelope_trans_code if trans_code is None else trans_code
-        self._record(
-            EventKind.REQUEST,
-            self._ledger.now,
-            merchant_id=merchant_id or None,
-            endpoint=endpoint,
-            request=None if inner is None else types.MappingProxyType(inner),
-            trans_code=code,
-            note=f"bad envelope: {message}",
-        )
-        body = _dumps(self._outer(merchant_id, code, trans_msg or message, ""))
-        return _Reply(self.settings.envelope_error_http_status, body)
-
-    def _outer(self, merchant_id: str, code: int, message: str, data: str) -> dict[str, Any]:
-        """The reply envelope (section 2), with the ID and TransCode types the settings
-        ask for (``numeric_merchant_ids``, ``string_trans_code``)."""
-        return {
-            "MerchantID": self._id(merchant_id),
-            "RpHeader": {"Timestamp": int(self._ledger.now.timestamp())},
-            "TransCode": str(code) if self.settings.string_trans_code else code,
-            "TransMsg": message,
-            "Data": data,
-        }
-
-    def _id(self, value: object) -> object:
-        """A MerchantID or PlatformID as a JSON number when ``numeric_merchant_ids`` is on and
-        the number spells it exactly (no leading zero); otherwise as it is."""
-        if (
-            self.settings.numeric_merchant_ids
-            and isinstance(value, str)
-            and value.isascii()
-            and value.isdigit()
-            and str(int(value)) == value
-        ):
-            return int(value)
-        return value
-
-    def _shape_ids(self, inner: dict[str, Any]) -> dict[str, Any]:
-        """The inner reply with its MerchantID and PlatformID typed as the settings ask."""
-        if not self.settings.numeric_merchant_ids:
-            return inner
-        return {
-            key: self._id(value) if key in ("MerchantID", "PlatformID") else value
-            for key, value in inner.items()
-        }
-
-    def _process(self, got: _Received) -> _Reply:
-        """Phase two: apply the request (unless a fault stops it first) and shape the reply."""
-        self.catch_up()  # a DELAY fault may have let real time pass
-        with self._lock:
-            fault = got.rule.fault if got.rule else None
-            outcome: _Outcome | None = None
-            note = ""
-            if fault is None or fault.applies_change:
-                outcome = self._dispatch(got)
-            elif fault is Fault.LATE_APPLY:
-                note = self._queue_landing(got)
-            reply = self._deliver(got, outcome)
-            trans_code = 1 if outcome else _trans_code_of(reply)
-            self._record_request(got, outcome, fault, trans_code, note)
-            return reply
-
-    def _record_request(
-        self,
-        got: _Received,
-        outcome: _Outcome | None,
-        fault: Fault | None,
-        trans_code: int | None,
-        note: str = "",
-    ) -> None:
-        self._record(
-            EventKind.REQUEST,
-            self._ledger.now,
-            merchant_id=echo(got.inner.get("MerchantID")) or got.merchant.merchant_id,
-            merchant_trade_no=(outcome.merchant_trade_no if outcome else None)
-            or (echo(got.inner.get("MerchantTradeNo")) or None),
-            endpoint=got.endpoint,
-            action=got.action,
-            amount=outcome.amount if outcome else None,
-            request=types.MappingProxyType(got.inner),
-            applied=bool(outcome and outcome.applied),
-            reply=types.MappingProxyType(outcome.reply) if outcome else None,
-            trans_code=trans_code,
-            rtn_code=_rtn_code(outcome.reply) if outcome else None,
-            refusal=outcome.refusal if outcome else None,
-            fault=fault,
-            note=note,
-        )
-
-    def _queue_landing(self, got: _Received) -> str:
-        """LATE_APPLY: ECPay has the DoAction; it lands ``land_after`` from now (section 9)."""
-        assert got.rule is not None  # only LATE_APPLY queues
-        try:
-            at = got.received_at + got.rule.land_after
-        except OverflowError:
-            at = _NEVER
-        self._landings.append(_Landing(next(self._landing_seq), at, got))
-        return f"in flight: lands at {at.isoformat()}"
-
-    def _land(self, landing: _Landing) -> None:
-        """A DoAction in flight lands now: R20 refuses it if its Timestamp has grown too old,
-        otherwise it is processed like any DoAction at this moment (rules checked now)."""
-        self._landings.remove(landing)
-        got = landing.got
-        came = f"landed late (received {got.received_at.isoformat()})"
-        age = self._ledger.now.timestamp() - got.timestamp
-        if age > self.settings.timestamp_tolerance.total_seconds():
-            code, text = STALE_TIMESTAMP
-            note = f"{came}: {text}, refused (R20)"
-            self._record_request(got, None, Fault.LATE_APPLY, code, note)
-            return
-        self._record_request(got, self._dispatch(got), Fault.LATE_APPLY, 1, came)
-
-    def _deliver(self, got: _Received, outcome: _Outcome | None) -> _Reply:
-        """Wrap the inner reply in the envelope, or let the armed fault spoil it."""
-        rule = got.rule
-        merchant = got.merchant
-        if outcome is None:
-            assert rule is not None  # only a before-apply fault skips processing
-            return self._before_apply_reply(rule, merchant.merchant_id)
-        inner = outcome.reply
-        outer_id = merchant.merchant_id
-        if rule is not None and rule.fault is Fault.MISMATCHED_REPLY:
-            inner, outer_id = _mismatch(inner, outer_id)
-        data = merchant.replies.encrypt(self._shape_ids(inner), self.settings.reply_url_encoding)
-        if rule is not None and rule.fault is Fault.GARBLED_DATA:
-            data = garble(merchant.codec, data)
-        body = _dumps(self._outer(outer_id, 1, "Success", data))
-        status = 200 if outcome.refusal is None else self.settings.refusal_http_status
-        fault = rule.fault if rule else None
-        if fault is Fault.TIMEOUT_AFTER_APPLY:
-            assert rule is not None
-            return _Reply(200, body, failure=_Failure.READ_TIMEOUT, hang=rule.seconds)
-        if fault is Fault.LOST_REPLY:
-            return _Reply(200, body, failure=_Failure.DISCONNECT)
-        if fault is Fault.CONNECTION_RESET:
-            return _Reply(200, body, failure=_Failure.RESET)
-        if fault is Fault.SERVER_ERROR_AFTER_APPLY:
-            assert rule is not None
-            return _status_reply(rule.status_code)
-        return _Reply(status, body)
-
-    def _before_apply_reply(self, rule: FaultRule, merchant_id: str) -> _Reply:
-        fault = rule.fault
-        if fault is Fault.TIMEOUT_BEFORE_APPLY:
-            return _Reply(
-                504, b"Gateway Timeout", _TEXT, failure=_Failure.CONNECT_TIMEOUT, hang=rule.seconds
-            )
-        if fault in (Fault.READ_TIMEOUT_BEFORE_APPLY, Fault.LATE_APPLY):
-            return _Reply(
-                504, b"Gateway Timeout", _TEXT, failure=_Failure.READ_TIMEOUT, hang=rule.seconds
-            )
-        if fault is Fault.RATE_LIMITED:
-            return _status_reply(403)
-        if fault is Fault.SERVER_ERROR_BEFORE_APPLY:
-            return _status_reply(rule.status_code)
-        code = self.settings.bad_envelope_trans_code if rule.trans_code is None else rule.trans_code
-        message = TRANS_MESSAGES.get(code, "TransCode error (fault)")
-        body = _dumps(self._outer(merchant_id, code, message, ""))
-        return _Reply(self.settings.envelope_error_http_status, body)
-
-    def _dispatch(self, got: _Received) -> _Outcome:
-        if got.endpoint is Endpoint.DO_ACTION:
-            return self._do_action(got)
-        if got.endpoint is Endpoint.CREDIT_DETAIL:
-            return self._credit_detail(got)
-        return self._query_trade(got)
-
-    def _refuse(self, reason: Refusal, echoes: dict[str, Any], **extra: Any) -> _Outcome:
-        answer = self.settings.refusal(reason)
-        reply = {"RtnCode": answer.rtn_code, "RtnMsg": answer.rtn_msg, **echoes}
-        return _Outcome(reply, refusal=reason, **extra)
-
-    def _lookup(self, got: _Received, *, need_trade_no: bool) -> _Order | Refusal:
-        """The order the inner data names, if this envelope's merchant may see it (section 3).
-
-        The inner MerchantID is checked first, as ECPay does on all three endpoints [OBS]:
-        missing (5000220), then not the envelope's nor one of its platform's merchants
-        (5000261); then the numbers (R19); then the order (10000185).
-        """
-        inner = got.inner
-        merchant_id = inner.get("MerchantID")
-        number = inner.get("MerchantTradeNo")
-        trade_no = inner.get("TradeNo")
-        if merchant_id is None or merchant_id == "":
-            return Refusal.MERCHANT_ID_MISSING
-        if not isinstance(merchant_id, str):
-            return Refusal.BAD_PARAMETER
-        outer = got.merchant.merchant_id
-        owner = self._ledger.merchants.get(merchant_id)
-        platform = inner.get("PlatformID")
-        on_behalf = platform == outer and owner is not None and owner.platform_id == outer
-        if merchant_id != outer and not on_behalf:
-            return Refusal.MERCHANT_ID_MISMATCH
-        if not _is_number(number):
-            return Refusal.BAD_PARAMETER
-        if (need_trade_no or trade_no not in (None, "")) and not _is_number(trade_no):
-            return Refusal.BAD_PARAMETER
-        assert isinstance(number, str)
-        order = self._ledger.find(merchant_id, number)
-        if order is None or trade_no not in (None, "", order.trade_no):
-            return Refusal.ORDER_NOT_FOUND
-        return order
-
-    def _do_action(self, got: _Received) -> _Outcome:
-        """DoAction (section 3): validate the inner data (R19), find the order, apply or refuse."""
-        inner = got.inner
-        echoes = {
-            "PlatformID": echo(inner.get("PlatformID")),
-            "MerchantID": echo(inner.get("MerchantID")),
-            "MerchantTradeNo": echo(inner.get("MerchantTradeNo")),
-            "TradeNo": echo(inner.get("TradeNo")),
-        }
-        number = echoes["MerchantTradeNo"] or None
-        found = self._lookup(got, need_trade_no=True)
-        amount = inner.get("TotalAmount")
-        if isinstance(found, Refusal) and found is not Refusal.ORDER_NOT_FOUND:
-            return self._refuse(found, echoes, merchant_trade_no=number)
-        if got.action is None or "TotalAmount" not in inner:
-            return self._refuse(Refusal.BAD_PARAMETER, echoes, merchant_trade_no=number)
-        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-            return self._refuse(Refusal.BAD_AMOUNT, echoes, merchant_trade_no=number)
-        if isinstance(found, Refusal):
-            return self._refuse(found, echoes, merchant_trade_no=number, amount=amount)
-        refusal = self._ledger.do_action(found, got.action, amount)
-        if refusal is not None:
-            return self._refuse(refusal, echoes, merchant_trade_no=number, amount=amount)
-        reply = {"RtnCode": 1, "RtnMsg": self.settings.success_message, **echoes}
-        return _Outcome(reply, applied=True, merchant_trade_no=number, amount=amount)
-
-    def _credit_detail(self, got: _Received) -> _Outcome:
-        """CreditDetail/QueryTrade (section 4): the order's status, ClsAmt and close rows, as they
-        were ``credit_detail_lag`` ago and, under STALE_QUERY, some writes before that."""
-        found = self._lookup(got, need_trade_no=False)
-        if isinstance(found, Refusal):
-            return self._refuse(found, {})
-        rule = got.rule
-        writes_back = rule.writes if rule is not None and rule.fault is Fault.STALE_QUERY else 0
-        view = self._ledger.credit_detail_view(found, writes_back=writes_back)
-        reply = credit_detail_reply(view, self.settings.credit_detail_flavour)
-        return _Outcome(reply, merchant_trade_no=view.merchant_trade_no)
-
-    def _query_trade(self, got: _Received) -> _Outcome:
-        """Cashier/QueryTrade (section 5): the order and its payment kind."""
-        found = self._lookup(got, need_trade_no=False)
-        if isinstance(found, Refusal):
-            # Only RtnCode and RtnMsg, as ECPay's recorded refusals of this endpoint [OBS].
-            return self._refuse(found, {})
-        view = self._ledger.view(found)
-        settings = self.settings
-        reply = query_trade_reply(
-            view,
-            echo(got.inner.get("PlatformID")),
-            message=settings.cashier_success_message,
-            keys_by_kind=settings.cashier_keys_by_kind,
-            one_time_card_info=settings.cashier_one_time_card_info,
-        )
-        return _Outcome(reply, merchant_trade_no=view.merchant_trade_no)
-
 
 class AsgiApp:
     """The ASGI 3 callable of one emulator (an object, so servers detect ASGI 3 reliably).
@@ -1019,7 +560,7 @@ class AsgiApp:
     ``_asgi.BODY_TIMEOUT``, 10); a slower one answers 408.
     """
 
-    __slots__ = ("_body_timeout", "_emulator")
+    __slots__ = ("_body_timeout", "_emulator", "_pipeline")
 
     def __init__(self, emulator: Emulator, *, body_timeout: float | None = None) -> None:
         if body_timeout is not None and (
@@ -1029,6 +570,7 @@ class AsgiApp:
         ):
             raise InvalidArgument("body_timeout must be a number of seconds > 0")
         self._emulator = emulator
+        self._pipeline = emulator._pipeline
         self._body_timeout = body_timeout
 
     def __repr__(self) -> str:
@@ -1036,99 +578,22 @@ class AsgiApp:
 
     async def __call__(self, scope: Mapping[str, Any], receive: Any, send: Any) -> None:
         """Handle one ASGI scope (``http`` and ``lifespan``)."""
-        from ._asgi import BODY_TIMEOUT, serve  # noqa: PLC0415  # the ASGI module imports this one
-
         timeout = BODY_TIMEOUT if self._body_timeout is None else self._body_timeout
-        await serve(self._emulator, scope, receive, send, body_timeout=timeout)
+        await serve(self._emulator, self._pipeline, scope, receive, send, body_timeout=timeout)
 
 
-def _landing_json(landing: _Landing) -> dict[str, Any]:
-    """A DoAction in flight, for a state file."""
-    got = landing.got
-    return {
-        "seq": landing.seq,
-        "at": landing.at.isoformat(),
-        "received_at": got.received_at.isoformat(),
-        "timestamp": got.timestamp,
-        "merchant_id": got.merchant.merchant_id,
-        "endpoint": got.endpoint.name,
-        "action": None if got.action is None else got.action.value,
-        "request": got.inner,
-    }
-
-
-def _action(value: object) -> Action | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return Action(value)
-    except ValueError:
-        return None
-
-
-def _is_number(value: object) -> bool:
-    """R19: 1-20 letters and digits."""
-    if not isinstance(value, str):
-        return False
-    try:
-        check_order_number(value)
-    except (InvalidArgumentType, ValueError):
-        return False
-    return True
-
-
-def _rtn_code(reply: Mapping[str, Any]) -> int | None:
-    code = reply.get("RtnCode")
-    return code if isinstance(code, int) else None
-
-
-def _trans_code_of(reply: _Reply) -> int | None:
-    if reply.content_type != _JSON:
-        return None
-    code = json.loads(reply.body).get("TransCode")
-    if isinstance(code, str) and code.isdigit():  # ``string_trans_code``
-        return int(code)
-    return code if isinstance(code, int) else None
-
-
-def _status_reply(status: int) -> _Reply:
-    text = "Forbidden" if status == 403 else httpx.codes.get_reason_phrase(status) or "Error"
-    return _Reply(status, text.encode("utf-8"), _TEXT)
-
-
-def _mismatch(inner: dict[str, Any], outer_id: str) -> tuple[dict[str, Any], str]:
-    """R2 fault: change every echoed order number; with none to change, the outer MerchantID."""
-    changed = dict(inner)
-    touched = False
-    for key in ("MerchantTradeNo", "TradeNo"):
-        if key in changed:
-            changed[key] = other_number(changed[key])
-            touched = True
-    info = changed.get("OrderInfo")
-    if isinstance(info, dict):
-        changed["OrderInfo"] = {
-            **info,
-            "MerchantTradeNo": other_number(info.get("MerchantTradeNo")),
-            "TradeNo": other_number(info.get("TradeNo")),
-        }
-        touched = True
-    if touched:
-        return changed, outer_id
-    return changed, other_number(outer_id)
-
-
-def _to_httpx(reply: _Reply, request: httpx.Request) -> httpx.Response:
+def _to_httpx(reply: Reply, request: httpx.Request) -> httpx.Response:
     """Deliver through MockTransport: a response, or the exception a real network raises."""
     failure = reply.failure
-    if failure is _Failure.CONNECT_TIMEOUT:
+    if failure is Failure.CONNECT_TIMEOUT:
         raise httpx.ConnectTimeout("emulator fault: connect timed out", request=request)
-    if failure is _Failure.READ_TIMEOUT:
+    if failure is Failure.READ_TIMEOUT:
         raise httpx.ReadTimeout("emulator fault: read timed out", request=request)
-    if failure is _Failure.DISCONNECT:
+    if failure is Failure.DISCONNECT:
         raise httpx.RemoteProtocolError(
             "emulator fault: server disconnected without sending a response", request=request
         )
-    if failure is _Failure.RESET:
+    if failure is Failure.RESET:
         raise httpx.ReadError("emulator fault: connection reset by peer", request=request)
     return httpx.Response(
         reply.status, content=reply.body, headers={"Content-Type": reply.content_type}
