@@ -105,7 +105,8 @@ def plan_refund(
     state = snapshot.state
     if state not in _ACTIONABLE:
         _refuse_unless_actionable(snapshot, _REFUND, now)
-    refundable = snapshot.refundable
+    # snapshot.refundable, for the three actionable states: the property tests the state again.
+    refundable = snapshot.amount if state is _AUTHORIZED else snapshot.closed_amount
     if refundable == 0:
         raise RuleViolation(
             "R10",
@@ -147,7 +148,7 @@ def plan_refund(
                 retry_at=_rules.next_batch_end(now) if snapshot.auto_close else None,
                 merchant_trade_no=snapshot.merchant_trade_no,
             )
-    elif snapshot.pending_capture:
+    elif not snapshot.capture_settled:  # pending_capture: a CLOSED snapshot has always settled
         if full:
             actions = ((*_E, whole), (*_N, whole))
             reason = "R13: a full refund before the daily batch is cancel (E) then abandon (N)"
@@ -207,7 +208,7 @@ def plan_abandon(snapshot: OrderSnapshot, *, now: dt.datetime) -> Plan:
     if snapshot.state is State.AUTHORIZED:
         actions: tuple[tuple[Action, str, int], ...] = ((*_N, snapshot.amount),)
         reason = "R14: abandoning an authorized order is N for the whole amount"
-    elif snapshot.pending_capture:
+    elif not snapshot.capture_settled:  # pending_capture: a CLOSED snapshot has always settled
         actions = ((*_E, snapshot.amount), (*_N, snapshot.amount))
         reason = "R15: a pending capture is cancelled (E), which restores the hold, then N"
     else:
