@@ -259,6 +259,8 @@ class Facts(Protocol):
 Guard = Callable[[Position, Facts, dt.datetime, int], RuleViolation | None]
 
 _FULL_ONLY: Final = frozenset(kind for kind in PaymentKind if kind.full_refund_only)
+# Read once: on Python 3.11 PaymentKind.UNIONPAY goes through EnumType.__getattr__ at each use.
+_UNIONPAY: Final = PaymentKind.UNIONPAY
 
 
 def _outside_blackout(_p: Position, o: Facts, now: dt.datetime, _a: int) -> RuleViolation | None:
@@ -370,12 +372,12 @@ GUARDS: Final[Mapping[str, Guard]] = {
     "partial_only": _partial_only,
     "settled_amount_known": _settled_amount_known,
     "not_unionpay": _predicate(
-        lambda _p, o, _n: o.kind is not PaymentKind.UNIONPAY,
+        lambda _p, o, _n: o.kind is not _UNIONPAY,
         "R8",
         "UnionPay orders are closed at authorization; only refunds (R) apply to them",
     ),
     "is_unionpay": _predicate(
-        lambda _p, o, _n: o.kind is PaymentKind.UNIONPAY, "R8", "only UnionPay closes at once"
+        lambda _p, o, _n: o.kind is _UNIONPAY, "R8", "only UnionPay closes at once"
     ),
     "auto_close_on": _predicate(lambda _p, o, _n: o.auto_close, "R5", "auto-close is off"),
     "auto_close_off": _predicate(lambda _p, o, _n: not o.auto_close, "R7", "auto-close is on"),
@@ -407,25 +409,8 @@ EFFECTS: Final[Mapping[str, Effect]] = {
 class _Compiled:
     dest: Phase
     rule: str
-    check: Guard
+    guards: tuple[Guard, ...]
     effect: Effect
-
-
-def _chain(guards: tuple[Guard, ...]) -> Guard:
-    """One function that runs ``guards`` in order and returns the first refusal."""
-    if not guards:
-        return lambda _p, _o, _n, _a: None
-    if len(guards) == 1:
-        return guards[0]
-
-    def check(pos: Position, order: Facts, now: dt.datetime, amount: int) -> RuleViolation | None:
-        for guard in guards:
-            refusal = guard(pos, order, now, amount)
-            if refusal is not None:
-                return refusal
-        return None
-
-    return check
 
 
 def _no_transition(pos: Position, trigger: str, order: Facts) -> RuleViolation:
@@ -454,10 +439,14 @@ def step(
         raise _no_transition(pos, trigger, order)
     first: RuleViolation | None = None
     for row in rows:
-        refusal = row.check(pos, order, now, amount)
-        if refusal is None:
+        # The guards run here rather than in a chained function: one call fewer per step.
+        for guard in row.guards:
+            refusal = guard(pos, order, now, amount)
+            if refusal is not None:
+                first = first or refusal
+                break
+        else:
             return row.effect(pos, order, amount, row.dest), row.rule
-        first = first or refusal
     assert first is not None  # every row had a failing guard
     raise first
 
@@ -560,8 +549,8 @@ del _spec
 
 def _compile() -> dict[tuple[Phase, str], tuple[_Compiled, ...]]:
     """The planner's fast table, compiled from the machine's own transitions: per (source,
-    trigger), each transition in the machine's order, its conditions' guards chained into one
-    function, its rule and its effect. The machine is the single source; :data:`TRANSITIONS`
+    trigger), each transition in the machine's order, its conditions' guards in order, its rule
+    and its effect. The machine is the single source; :data:`TRANSITIONS`
     only declares what it is built from."""
     table: dict[tuple[Phase, str], tuple[_Compiled, ...]] = {}
     for trigger, event in MACHINE.events.items():
@@ -578,7 +567,7 @@ def _compile() -> dict[tuple[Phase, str], tuple[_Compiled, ...]]:
                     _Compiled(
                         Phase(transition.dest),
                         transition.rule,
-                        _chain(guards),
+                        guards,
                         EFFECTS[transition.effect],
                     )
                 )
