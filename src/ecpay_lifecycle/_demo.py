@@ -29,7 +29,8 @@ from ._outcome import Outcome
 from ._protocol import Credentials
 from ._rules import TAIPEI
 from ._sqlite import SQLiteJournal
-from .emulator import Emulator, Endpoint, Fault
+from .emulator._emulator import Emulator
+from .emulator._faults import Endpoint, Fault
 
 __all__ = ["run_demo"]
 

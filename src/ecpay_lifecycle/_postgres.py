@@ -61,14 +61,14 @@ try:
     import psycopg_pool
     from psycopg.conninfo import conninfo_to_dict
 except ImportError as _exc:  # pragma: no cover - the postgres extra is not installed
-    _MISSING: ImportError | None = _exc
+    MISSING_DRIVER: ImportError | None = _exc
 else:
-    _MISSING = None
+    MISSING_DRIVER = None
 
 __all__ = ["SCHEMA_VERSION", "PostgresJournal", "PostgresLeaseLocks", "PostgresOrderLocks"]
 
-_T = TypeVar("_T")
-_Connection = Any  # psycopg.Connection[tuple[Any, ...]]: kept loose where the extra is optional
+T = TypeVar("T")
+Connection = Any  # psycopg.Connection[tuple[Any, ...]]: kept loose where the extra is optional
 
 _log = logging.getLogger("ecpay_lifecycle")
 
@@ -131,12 +131,12 @@ _LOST: Final = ("08", "57P")
 
 # Polling bounds for a waiter the server cannot wake (try-locks): a hand-off costs little next
 # to an ECPay round trip (50-300 ms), and a waiter asks the server at most ~40 times a second.
-_FIRST_WAIT: Final = 0.001
-_LONGEST_WAIT: Final = 0.025
+FIRST_WAIT: Final = 0.001
+LONGEST_WAIT: Final = 0.025
 
 
 @attrs.frozen
-class _Sql:
+class Sql:
     """One statement of a program, and its parameters."""
 
     text: str
@@ -144,51 +144,51 @@ class _Sql:
 
 
 @attrs.frozen
-class _Rows:
+class Rows:
     """What a statement did: its row count and the rows it returned (none for a write)."""
 
     rowcount: int
     rows: list[Any]
 
 
-#: A journal call's statements as a generator: it yields each :class:`_Sql` and is sent its
-#: :class:`_Rows`. The sync journal and the async one run the very same programs.
-_Program = Generator[_Sql, _Rows, _T]
+#: A journal call's statements as a generator: it yields each :class:`Sql` and is sent its
+#: :class:`Rows`. The sync journal and the async one run the very same programs.
+Program = Generator[Sql, Rows, T]
 
 
 #: Markers a program yields to open and to commit a transaction (a failure inside rolls back).
-_BEGIN: Final = _Sql("BEGIN")
-_COMMIT: Final = _Sql("COMMIT")
-_NOTHING: Final = _Rows(0, [])
+BEGIN: Final = Sql("BEGIN")
+COMMIT: Final = Sql("COMMIT")
+NOTHING: Final = Rows(0, [])
 
 
-def _statement(text: str, params: Any = ()) -> _Program[_Rows]:
+def _statement(text: str, params: Any = ()) -> Program[Rows]:
     """A program of one statement."""
-    return (yield _Sql(text, params))
+    return (yield Sql(text, params))
 
 
-def _execute(connection: _Connection, program: _Program[_T]) -> _T:
+def _execute(connection: Connection, program: Program[T]) -> T:
     """Run ``program`` on a (sync) connection."""
     with contextlib.ExitStack() as transaction:
         try:
             sql = next(program)
             while True:
-                if sql is _BEGIN:
+                if sql is BEGIN:
                     transaction.enter_context(connection.transaction())
-                    rows = _NOTHING
-                elif sql is _COMMIT:
+                    rows = NOTHING
+                elif sql is COMMIT:
                     transaction.close()
-                    rows = _NOTHING
+                    rows = NOTHING
                 else:
                     cursor = connection.execute(sql.text, sql.params)
                     found = cursor.fetchall() if cursor.description is not None else []
-                    rows = _Rows(cursor.rowcount, found)
+                    rows = Rows(cursor.rowcount, found)
                 sql = program.send(rows)
         except StopIteration as stop:
-            return cast(_T, stop.value)
+            return cast(T, stop.value)
 
 
-class _Server:
+class Server:
     """What the sync and async journals share about the server: the parsed conninfo, the
     connection settings, and the translation of every failure into a :class:`JournalError`."""
 
@@ -267,7 +267,7 @@ class _Server:
         return _error(self, exc, doing)
 
 
-class _Database(_Server):
+class Database(Server):
     """The connections of one (sync) journal: its pool, a second pool for advisory locks, the
     schema check; every failure becomes a :class:`JournalError`."""
 
@@ -300,14 +300,14 @@ class _Database(_Server):
         schema fails here rather than mid-payment."""
         try:
             with psycopg.connect(self._conninfo, **self._kwargs) as connection:
-                self.target = _describe_connection(connection)
+                self.target = describe_connection(connection)
                 _execute(connection, prepare_schema(self))
         except psycopg.Error as exc:
             raise self.error(exc, "open the journal") from exc
         self._pool = self._new_pool("journal", self._min_size, _durable)
 
     def _new_pool(
-        self, role: str, min_size: int, configure: Callable[[_Connection], None]
+        self, role: str, min_size: int, configure: Callable[[Connection], None]
     ) -> psycopg_pool.ConnectionPool[Any]:
         pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
             self._conninfo,
@@ -352,13 +352,13 @@ class _Database(_Server):
                 self._lock_pool = self._new_pool("locks", 0, _patient)
             return self._lock_pool
 
-    def run(self, doing: str, program: Callable[[bool], _Program[_T]]) -> _T:
+    def run(self, doing: str, program: Callable[[bool], Program[T]]) -> T:
         """Run ``program(retried)`` on a pooled connection. A connection found dead (a server
         restart, a terminated backend) is replaced and the program runs once more with
         ``retried=True``, so it must be safe to repeat after a failure of unknown outcome."""
         retried = False
         while True:
-            connection: _Connection | None = None
+            connection: Connection | None = None
             try:
                 with self.pool().connection() as connection:
                     return _execute(connection, program(retried))
@@ -367,7 +367,7 @@ class _Database(_Server):
             except psycopg_pool.PoolClosed as exc:  # pragma: no cover - close() racing a call
                 raise self.closed_error() from exc
             except psycopg.Error as exc:
-                if retried or not _lost(exc, connection):
+                if retried or not connection_lost(exc, connection):
                     raise self.error(exc, doing) from exc
                 retried = True
                 self.check(self._pool)
@@ -387,20 +387,20 @@ class _Database(_Server):
                 pool.close()
 
 
-def prepare_schema(server: _Server) -> _Program[None]:
+def prepare_schema(server: Server) -> Program[None]:
     """Refuse a foreign or newer schema; create or migrate an absent or older one to
     :data:`SCHEMA_VERSION`, in one transaction, serialised between processes."""
     s = server.quoted
-    yield _BEGIN
-    yield _Sql("SELECT pg_advisory_xact_lock(%s)", (_schema_lock_key(server.schema),))
-    relations = yield _Sql(
+    yield BEGIN
+    yield Sql("SELECT pg_advisory_xact_lock(%s)", (_schema_lock_key(server.schema),))
+    relations = yield Sql(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s",
         (server.schema,),
     )
     names = {row[0] for row in relations.rows}
     if "schema_version" in names:
-        found = yield _Sql(f"SELECT version FROM {s}.schema_version")
+        found = yield Sql(f"SELECT version FROM {s}.schema_version")
         if not found.rows:
             raise JournalError(
                 f"the schema_version table of PostgreSQL schema {server.schema!r} at "
@@ -415,12 +415,12 @@ def prepare_schema(server: _Server) -> _Program[None]:
             f"journal; give {server.kind} a schema of its own (schema=...)"
         )
     else:
-        yield _Sql(f"CREATE SCHEMA IF NOT EXISTS {s}")
-        yield _Sql(
+        yield Sql(f"CREATE SCHEMA IF NOT EXISTS {s}")
+        yield Sql(
             f"CREATE TABLE {s}.schema_version (id integer PRIMARY KEY CHECK (id = 1), "
             "version integer NOT NULL)"
         )
-        yield _Sql(f"INSERT INTO {s}.schema_version (id, version) VALUES (1, 0)")
+        yield Sql(f"INSERT INTO {s}.schema_version (id, version) VALUES (1, 0)")
         version = 0
     if version > SCHEMA_VERSION:
         raise JournalError(
@@ -431,13 +431,13 @@ def prepare_schema(server: _Server) -> _Program[None]:
         )
     for statements in _MIGRATIONS[version:]:
         for statement in statements:
-            yield _Sql(statement.format(s=s))
+            yield Sql(statement.format(s=s))
     if version < SCHEMA_VERSION:
-        yield _Sql(f"UPDATE {s}.schema_version SET version = %s WHERE id = 1", (SCHEMA_VERSION,))
-    yield _COMMIT
+        yield Sql(f"UPDATE {s}.schema_version SET version = %s WHERE id = 1", (SCHEMA_VERSION,))
+    yield COMMIT
 
 
-def _error(server: _Server, exc: psycopg.Error, doing: str) -> JournalError:
+def _error(server: Server, exc: psycopg.Error, doing: str) -> JournalError:
     """One :class:`JournalError` per kind of failure, saying what to do."""
     state = exc.sqlstate or ""
     text = str(exc)
@@ -480,20 +480,20 @@ def _error(server: _Server, exc: psycopg.Error, doing: str) -> JournalError:
     )
 
 
-def _durable(connection: _Connection) -> None:
+def _durable(connection: Connection) -> None:
     """Each pooled connection commits durably: the attempt must survive a crash of the server
     before its request leaves (habit 15). A server-wide ``synchronous_commit = off`` is undone
     for the journal's sessions; stronger settings (``remote_apply``) are kept."""
     _execute(connection, durable_settings())
 
 
-def durable_settings() -> _Program[None]:
-    found = yield _Sql("SELECT current_setting('synchronous_commit')")
+def durable_settings() -> Program[None]:
+    found = yield Sql("SELECT current_setting('synchronous_commit')")
     if found.rows and found.rows[0][0] == "off":
-        yield _Sql("SET synchronous_commit TO on")
+        yield Sql("SET synchronous_commit TO on")
 
 
-def _patient(connection: _Connection) -> None:
+def _patient(connection: Connection) -> None:
     """Each lock connection waits for as long as another holder keeps the order, and may sit
     idle holding a lock across HTTP calls: no timeout set for the server or the role may end
     the wait or the session (``hold`` promises to block until the lock is the caller's)."""
@@ -507,7 +507,7 @@ def patient_settings(server_version: int) -> str:
     return settings
 
 
-def _lost(exc: psycopg.Error, connection: _Connection | None) -> bool:
+def connection_lost(exc: psycopg.Error, connection: Connection | None) -> bool:
     """Whether ``exc`` means the connection is gone (rather than a refused statement)."""
     if connection is not None and connection.broken:
         return True
@@ -522,16 +522,16 @@ def _describe(params: dict[str, Any]) -> str:
     return " ".join(parts) if parts else "the default PostgreSQL server (PG* environment)"
 
 
-def _describe_connection(connection: _Connection) -> str:
+def describe_connection(connection: Connection) -> str:
     info = connection.info
     return f"host={info.host} port={info.port} dbname={info.dbname} user={info.user}"
 
 
 def _schema_lock_key(schema: str) -> int:
-    return _key("schema", schema)
+    return advisory_key("schema", schema)
 
 
-def _key(*parts: str) -> int:
+def advisory_key(*parts: str) -> int:
     """A stable signed 64-bit key for ``pg_advisory_lock``; length-prefixed, so no two tuples
     share a text. A collision (about 1 in 10^19 per pair) only makes two orders wait."""
     text = "".join(f"{len(part)}:{part}" for part in ("ecpay_lifecycle", *parts))
@@ -540,12 +540,12 @@ def _key(*parts: str) -> int:
     )
 
 
-class _Operations:
+class Operations:
     """The operations table of one schema: its SQL, and each journal call as a program (the
     same for the sync and the async journal). Every program is one statement or one
     transaction, never one kept open between calls (style habit 15)."""
 
-    def __init__(self, server: _Server) -> None:
+    def __init__(self, server: Server) -> None:
         self._server = server
         s = server.quoted
         columns = (
@@ -592,7 +592,7 @@ class _Operations:
             "ORDER BY saved_seq LIMIT %s"
         )
 
-    def claim(self, record: OperationRecord, now: dt.datetime) -> Callable[[bool], _Program[Claim]]:
+    def claim(self, record: OperationRecord, now: dt.datetime) -> Callable[[bool], Program[Claim]]:
         new, created = arbitrate(None, record, now)
         assert created is not None  # arbitrate always writes a record nobody holds
 
@@ -607,16 +607,16 @@ class _Operations:
                 values["expected"] = record.revision
                 renewal = claim, values
 
-        def program(_retried: bool) -> _Program[Claim]:
+        def program(_retried: bool) -> Program[Claim]:
             if renewal is not None:
-                updated = yield _Sql(self._sql_save, renewal[1])
+                updated = yield Sql(self._sql_save, renewal[1])
                 if updated.rowcount == 1:
                     return renewal[0]
-            inserted = yield _Sql(self._sql_insert, self.values(created))
+            inserted = yield Sql(self._sql_insert, self.values(created))
             if inserted.rowcount == 1:
                 return new
-            yield _BEGIN
-            found = yield _Sql(self._sql_lock_row, (record.merchant_id, record.key))
+            yield BEGIN
+            found = yield Sql(self._sql_lock_row, (record.merchant_id, record.key))
             if not found.rows:  # pragma: no cover - rows are never deleted
                 raise JournalError(
                     f"the row of operation {record.key!r} vanished while it was claimed at "
@@ -624,22 +624,22 @@ class _Operations:
                 )
             claim, write = arbitrate(self.decode(found.rows[0][0], record.key), record, now)
             if write is not None:
-                yield _Sql(self._sql_update, self.values(write))
-            yield _COMMIT
+                yield Sql(self._sql_update, self.values(write))
+            yield COMMIT
             return claim
 
         return program
 
-    def save(self, record: OperationRecord) -> Callable[[bool], _Program[OperationRecord]]:
+    def save(self, record: OperationRecord) -> Callable[[bool], Program[OperationRecord]]:
         written = attrs.evolve(record, revision=record.revision + 1)
         values = self.values(written)
         values["expected"] = record.revision
 
-        def program(retried: bool) -> _Program[OperationRecord]:
-            updated = yield _Sql(self._sql_save, values)
+        def program(retried: bool) -> Program[OperationRecord]:
+            updated = yield Sql(self._sql_save, values)
             if updated.rowcount == 1:
                 return written
-            found = yield _Sql(self._sql_stored, (record.merchant_id, record.key))
+            found = yield Sql(self._sql_stored, (record.merchant_id, record.key))
             row = found.rows[0] if found.rows else None
             if row is not None and (row[1], row[2]) != (record.merchant_trade_no, record.request):
                 raise InvalidArgument(
@@ -663,31 +663,31 @@ class _Operations:
 
         return program
 
-    def get(self, merchant_id: str, key: str) -> Callable[[bool], _Program[OperationRecord | None]]:
-        def program(_retried: bool) -> _Program[OperationRecord | None]:
-            found = yield _Sql(self._sql_get, (merchant_id, key))
+    def get(self, merchant_id: str, key: str) -> Callable[[bool], Program[OperationRecord | None]]:
+        def program(_retried: bool) -> Program[OperationRecord | None]:
+            found = yield Sql(self._sql_get, (merchant_id, key))
             return self.decode(found.rows[0][0], key) if found.rows else None
 
         return program
 
     def for_order(
         self, merchant_id: str, merchant_trade_no: str
-    ) -> Callable[[bool], _Program[list[OperationRecord]]]:
+    ) -> Callable[[bool], Program[list[OperationRecord]]]:
         return self._records(self._sql_order, (merchant_id, merchant_trade_no))
 
     def open_operations(
         self, merchant_id: str | None, limit: int
-    ) -> Callable[[bool], _Program[list[OperationRecord]]]:
+    ) -> Callable[[bool], Program[list[OperationRecord]]]:
         if merchant_id is None:
             return self._records(self._sql_open_all, (limit,))
         return self._records(self._sql_open_one, (merchant_id, limit))
 
     def _records(
         self, sql: str, params: Sequence[object]
-    ) -> Callable[[bool], _Program[list[OperationRecord]]]:
+    ) -> Callable[[bool], Program[list[OperationRecord]]]:
         # One statement in autocommit: no transaction or snapshot outlives the call.
-        def program(_retried: bool) -> _Program[list[OperationRecord]]:
-            found = yield _Sql(sql, params)
+        def program(_retried: bool) -> Program[list[OperationRecord]]:
+            found = yield Sql(sql, params)
             return [self.decode(record, key) for key, record in found.rows]
 
         return program
@@ -724,13 +724,13 @@ class _Operations:
             ) from exc
 
 
-def _check_listing(merchant_id: object, limit: object) -> None:
+def check_listing(merchant_id: object, limit: object) -> None:
     if merchant_id is not None:
         check_text(merchant_id=merchant_id)
     _check_int(limit, "limit", least=1)
 
 
-def _check_journal_args(
+def check_journal_args(
     name: str,
     conninfo: object,
     *,
@@ -742,10 +742,10 @@ def _check_journal_args(
     lock_lease: object,
 ) -> None:
     """The arguments both PostgreSQL journals take, checked before anything connects."""
-    if _MISSING is not None:  # pragma: no cover - the postgres extra is not installed
+    if MISSING_DRIVER is not None:  # pragma: no cover - the postgres extra is not installed
         raise ConfigurationError(
             f"{name} needs psycopg 3 and psycopg_pool: pip install 'ecpay-lifecycle[postgres]'"
-        ) from _MISSING
+        ) from MISSING_DRIVER
     if not isinstance(conninfo, str):
         raise InvalidArgumentType(
             f"conninfo must be a str (a connection string or URI), not {type(conninfo).__name__}"
@@ -800,7 +800,7 @@ class PostgresJournal:
         timeout: float = 30.0,
         lock_lease: float = 30.0,
     ) -> None:
-        _check_journal_args(
+        check_journal_args(
             type(self).__name__,
             conninfo,
             min_size=min_size,
@@ -810,7 +810,7 @@ class PostgresJournal:
             timeout=timeout,
             lock_lease=lock_lease,
         )
-        self._db = _Database(
+        self._db = Database(
             conninfo,
             min_size=min_size,
             max_size=max_size,
@@ -824,7 +824,7 @@ class PostgresJournal:
             self._locks = PostgresLeaseLocks(self._db, lease=float(lock_lease))
         else:
             self._locks = PostgresOrderLocks(self._db)
-        self._ops = _Operations(self._db)
+        self._ops = Operations(self._db)
         self._db.open()
 
     def __repr__(self) -> str:
@@ -903,27 +903,27 @@ class PostgresJournal:
         Each save renews an owner's lease, so the first ones are those stuck the longest; read
         through a small partial index, never the whole table (R22, R23).
         """
-        _check_listing(merchant_id, limit)
+        check_listing(merchant_id, limit)
         return self._db.run("list open operations", self._ops.open_operations(merchant_id, limit))
 
 
 # -- order locks ----------------------------------------------------------------------------------
 
 
-class _Handoff(Generic[_T]):
+class _Handoff(Generic[T]):
     """A blocking call run in a worker thread for an asyncio task that may be cancelled while
     it runs: the result reaches the task, or, if the task stopped waiting, ``abandon`` receives
     it (``None`` if the call failed) in the thread, so nothing it took is left held."""
 
-    def __init__(self, call: Callable[[], _T], abandon: Callable[[_T | None], None]) -> None:
+    def __init__(self, call: Callable[[], T], abandon: Callable[[T | None], None]) -> None:
         self._call = call
         self._abandon = abandon
         self._guard = threading.Lock()
         self._given_up = False
         self._finished = False
-        self._result: _T | None = None
+        self._result: T | None = None
 
-    def _run(self) -> _T | None:
+    def _run(self) -> T | None:
         try:
             result = self._call()
         except BaseException:
@@ -939,7 +939,7 @@ class _Handoff(Generic[_T]):
         self._abandon(result)
         return None
 
-    async def result(self) -> _T:
+    async def result(self) -> T:
         future = asyncio.get_running_loop().run_in_executor(None, self._run)
         try:
             result = await asyncio.shield(future)
@@ -953,7 +953,7 @@ class _Handoff(Generic[_T]):
         return result  # type: ignore[return-value]  # None only reaches an abandoned waiter
 
 
-def _check_order(merchant_id: object, merchant_trade_no: object) -> None:
+def check_order(merchant_id: object, merchant_trade_no: object) -> None:
     check_text(merchant_id=merchant_id, merchant_trade_no=merchant_trade_no)
 
 
@@ -971,7 +971,7 @@ class PostgresOrderLocks:
     cancelled waiter holds nothing. No transaction is ever open on a lock's connection.
     """
 
-    def __init__(self, database: _Database) -> None:
+    def __init__(self, database: Database) -> None:
         self._db = database
         self._process = ProcessOrderLocks()
 
@@ -980,8 +980,8 @@ class PostgresOrderLocks:
 
     def key(self, merchant_id: str, merchant_trade_no: str) -> int:
         """The ``pg_advisory_lock`` key of one order: stable across processes and versions."""
-        _check_order(merchant_id, merchant_trade_no)
-        return _key(self._db.schema, merchant_id, merchant_trade_no)
+        check_order(merchant_id, merchant_trade_no)
+        return advisory_key(self._db.schema, merchant_id, merchant_trade_no)
 
     @contextlib.contextmanager
     def hold(self, merchant_id: str, merchant_trade_no: str) -> Iterator[None]:
@@ -1003,26 +1003,26 @@ class PostgresOrderLocks:
         async with self._process.ahold(merchant_id, merchant_trade_no):
             pool = self._db.lock_pool()
 
-            def first() -> tuple[_Connection, bool]:
+            def first() -> tuple[Connection, bool]:
                 return self._first(pool, key, merchant_trade_no, wait=False)
 
-            def abandon_first(got: tuple[_Connection, bool] | None) -> None:
+            def abandon_first(got: tuple[Connection, bool] | None) -> None:
                 if got is not None:
                     self._discard(pool, got[0])
 
-            connection: _Connection | None
+            connection: Connection | None
             connection, took = await _Handoff(first, abandon_first).result()
             try:
-                wait = _FIRST_WAIT
+                wait = FIRST_WAIT
                 while not took:
                     await asyncio.sleep(wait)
-                    wait = min(wait * 2, _LONGEST_WAIT)
+                    wait = min(wait * 2, LONGEST_WAIT)
                     polling = connection
 
-                    def again(polling: _Connection = polling) -> bool:
+                    def again(polling: Connection = polling) -> bool:
                         return self._try(polling, key, merchant_trade_no)
 
-                    def abandon(_took: bool | None, polling: _Connection = polling) -> None:
+                    def abandon(_took: bool | None, polling: Connection = polling) -> None:
                         self._discard(pool, polling)
 
                     try:
@@ -1051,7 +1051,7 @@ class PostgresOrderLocks:
         merchant_trade_no: str,
         *,
         wait: bool,
-    ) -> tuple[_Connection, bool]:
+    ) -> tuple[Connection, bool]:
         """A lock connection and whether it took ``key`` (``wait``: block until it does). A pooled
         connection found dead (the server restarted, the session was ended) is replaced once."""
         doing = f"lock order {merchant_trade_no}"
@@ -1067,7 +1067,7 @@ class PostgresOrderLocks:
                 row = connection.execute(sql, (key,)).fetchone()
             except psycopg.Error as exc:
                 self._discard(pool, connection)
-                if retried or not _lost(exc, connection):
+                if retried or not connection_lost(exc, connection):
                     raise self._db.error(exc, doing) from exc
                 self._db.check(pool)
             except BaseException:
@@ -1079,7 +1079,7 @@ class PostgresOrderLocks:
                 return connection, bool(row and row[-1])
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _try(self, connection: _Connection, key: int, merchant_trade_no: str) -> bool:
+    def _try(self, connection: Connection, key: int, merchant_trade_no: str) -> bool:
         try:
             row = connection.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
         except psycopg.Error as exc:
@@ -1089,7 +1089,7 @@ class PostgresOrderLocks:
     def _release(
         self,
         pool: psycopg_pool.ConnectionPool[Any],
-        connection: _Connection,
+        connection: Connection,
         key: int,
         merchant_trade_no: str,
     ) -> None:
@@ -1112,7 +1112,7 @@ class PostgresOrderLocks:
         pool.putconn(connection)
 
     @staticmethod
-    def _discard(pool: psycopg_pool.ConnectionPool[Any], connection: _Connection) -> None:
+    def _discard(pool: psycopg_pool.ConnectionPool[Any], connection: Connection) -> None:
         """Close a lock connection (the server frees any lock it holds) and hand it back, so the
         pool opens a fresh one."""
         with contextlib.suppress(Exception):
@@ -1136,7 +1136,7 @@ class PostgresLeaseLocks:
     :class:`~ecpay_lifecycle.ProcessOrderLocks` first.
     """
 
-    def __init__(self, database: _Database, *, lease: float) -> None:
+    def __init__(self, database: Database, *, lease: float) -> None:
         self._db = database
         self._lease = lease
         self._process = ProcessOrderLocks()
@@ -1177,13 +1177,13 @@ class PostgresLeaseLocks:
     @contextlib.contextmanager
     def hold(self, merchant_id: str, merchant_trade_no: str) -> Iterator[None]:
         """See :meth:`OrderLocks.hold`: wait (polling) until this thread holds the order's row."""
-        _check_order(merchant_id, merchant_trade_no)
+        check_order(merchant_id, merchant_trade_no)
         with self._process.hold(merchant_id, merchant_trade_no):
             held = (merchant_id, merchant_trade_no, self._next_owner())
-            wait = _FIRST_WAIT
+            wait = FIRST_WAIT
             while not self._take(held):
                 time.sleep(wait)
-                wait = min(wait * 2, _LONGEST_WAIT)
+                wait = min(wait * 2, LONGEST_WAIT)
             self._renewer.add(held)
             try:
                 yield
@@ -1194,10 +1194,10 @@ class PostgresLeaseLocks:
     async def ahold(self, merchant_id: str, merchant_trade_no: str) -> AsyncIterator[None]:
         """See :meth:`OrderLocks.ahold`: poll for the order's row without blocking the event
         loop; a cancelled waiter holds nothing."""
-        _check_order(merchant_id, merchant_trade_no)
+        check_order(merchant_id, merchant_trade_no)
         async with self._process.ahold(merchant_id, merchant_trade_no):
             held = (merchant_id, merchant_trade_no, self._next_owner())
-            wait = _FIRST_WAIT
+            wait = FIRST_WAIT
 
             def abandon(took: bool | None) -> None:
                 if took:
@@ -1205,7 +1205,7 @@ class PostgresLeaseLocks:
 
             while not await _Handoff(lambda: self._take(held), abandon).result():
                 await asyncio.sleep(wait)
-                wait = min(wait * 2, _LONGEST_WAIT)
+                wait = min(wait * 2, LONGEST_WAIT)
             self._renewer.add(held)
             try:
                 yield

@@ -1,7 +1,7 @@
 """The PostgreSQL journal for asyncio: :class:`AsyncPostgresJournal` (docs/deployment.md).
 
 The same schema, the same statements and the same decisions as :class:`~._postgres.
-PostgresJournal` (both run the programs of :class:`~._postgres._Operations`), on psycopg 3's
+PostgresJournal` (both run the programs of :class:`~._postgres.Operations`), on psycopg 3's
 ``AsyncConnection`` and ``psycopg_pool.AsyncConnectionPool``: every journal call is a coroutine
 that :class:`~ecpay_lifecycle.AsyncClient` awaits, so a durable write never blocks the event
 loop. Each call is one statement or one short transaction, never one kept open across an HTTP
@@ -28,70 +28,70 @@ from ._journal import Claim, OperationRecord, check_record, check_text
 from ._locks import ProcessOrderLocks
 from ._models import check_aware
 from ._postgres import (
-    _BEGIN,
-    _COMMIT,
-    _FIRST_WAIT,
-    _LONGEST_WAIT,
-    _MISSING,
-    _NOTHING,
-    _T,
+    BEGIN,
+    COMMIT,
+    FIRST_WAIT,
+    LONGEST_WAIT,
+    MISSING_DRIVER,
+    NOTHING,
+    Connection,
+    Database,
+    Operations,
     PostgresLeaseLocks,
-    _check_journal_args,
-    _check_listing,
-    _check_order,
-    _Connection,
-    _Database,
-    _describe_connection,
-    _key,
-    _lost,
-    _Operations,
-    _Program,
-    _Rows,
-    _Server,
+    Program,
+    Rows,
+    Server,
+    T,
+    advisory_key,
+    check_journal_args,
+    check_listing,
+    check_order,
+    connection_lost,
+    describe_connection,
     durable_settings,
     patient_settings,
     prepare_schema,
 )
 
-if _MISSING is None:
+if MISSING_DRIVER is None:
     import psycopg
     import psycopg_pool
 
 __all__ = ["AsyncPostgresJournal", "AsyncPostgresOrderLocks"]
 
 
-async def _aexecute(connection: _Connection, program: _Program[_T]) -> _T:
+async def _aexecute(connection: Connection, program: Program[T]) -> T:
     """Run ``program`` on an async connection: the twin of :func:`~._postgres._execute`."""
     async with contextlib.AsyncExitStack() as transaction:
         try:
             sql = next(program)
             while True:
-                if sql is _BEGIN:
+                if sql is BEGIN:
                     await transaction.enter_async_context(connection.transaction())
-                    rows = _NOTHING
-                elif sql is _COMMIT:
+                    rows = NOTHING
+                elif sql is COMMIT:
                     await transaction.aclose()
-                    rows = _NOTHING
+                    rows = NOTHING
                 else:
                     cursor = await connection.execute(sql.text, sql.params)
                     found = await cursor.fetchall() if cursor.description is not None else []
-                    rows = _Rows(cursor.rowcount, found)
+                    rows = Rows(cursor.rowcount, found)
                 sql = program.send(rows)
         except StopIteration as stop:
-            return cast(_T, stop.value)
+            return cast(T, stop.value)
 
 
-async def _durable(connection: _Connection) -> None:
+async def _durable(connection: Connection) -> None:
     """See :func:`~._postgres._durable`: the journal's sessions commit durably."""
     await _aexecute(connection, durable_settings())
 
 
-async def _patient(connection: _Connection) -> None:
+async def _patient(connection: Connection) -> None:
     """See :func:`~._postgres._patient`: no server timeout ends a lock's session."""
     await connection.execute(patient_settings(connection.info.server_version))
 
 
-class _AsyncDatabase(_Server):
+class _AsyncDatabase(Server):
     """The async connections of one journal: opened on first use (or :meth:`open`), the schema
     checked then; every failure becomes a :class:`JournalError`."""
 
@@ -133,14 +133,14 @@ class _AsyncDatabase(_Server):
             try:
                 connection = await psycopg.AsyncConnection.connect(self._conninfo, **self._kwargs)
                 async with connection:
-                    self.target = _describe_connection(connection)
+                    self.target = describe_connection(connection)
                     await _aexecute(connection, prepare_schema(self))
             except psycopg.Error as exc:
                 raise self.error(exc, "open the journal") from exc
             self._pool = await self._new_pool("journal", self._min_size, _durable)
 
     async def _new_pool(
-        self, role: str, min_size: int, configure: Callable[[_Connection], Any]
+        self, role: str, min_size: int, configure: Callable[[Connection], Any]
     ) -> psycopg_pool.AsyncConnectionPool[Any]:
         pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
             self._conninfo,
@@ -165,7 +165,7 @@ class _AsyncDatabase(_Server):
         return self._pool
 
     async def lock_pool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
-        """The advisory locks' own connections (see :meth:`~._postgres._Database.lock_pool`)."""
+        """The advisory locks' own connections (see :meth:`~._postgres.Database.lock_pool`)."""
         await self.pool()
         if self._lock_pool is None:
             # Made without an await between the check and the assignment: one per journal.
@@ -182,13 +182,13 @@ class _AsyncDatabase(_Server):
             await self._lock_pool.open(wait=False)
         return self._lock_pool
 
-    async def run(self, doing: str, program: Callable[[bool], _Program[_T]]) -> _T:
-        """See :meth:`~._postgres._Database.run`: a connection found dead is replaced and the
+    async def run(self, doing: str, program: Callable[[bool], Program[T]]) -> T:
+        """See :meth:`~._postgres.Database.run`: a connection found dead is replaced and the
         program runs once more with ``retried=True``."""
         retried = False
         while True:
             pool = await self.pool()
-            connection: _Connection | None = None
+            connection: Connection | None = None
             try:
                 async with pool.connection() as connection:
                     return await _aexecute(connection, program(retried))
@@ -197,7 +197,7 @@ class _AsyncDatabase(_Server):
             except psycopg_pool.PoolClosed as exc:  # pragma: no cover - close() racing a call
                 raise self.closed_error() from exc
             except psycopg.Error as exc:
-                if retried or not _lost(exc, connection):
+                if retried or not connection_lost(exc, connection):
                     raise self.error(exc, doing) from exc
                 retried = True
                 await self.check(pool)
@@ -239,7 +239,7 @@ class AsyncPostgresJournal:
         timeout: float = 30.0,
         lock_lease: float = 30.0,
     ) -> None:
-        _check_journal_args(
+        check_journal_args(
             type(self).__name__,
             conninfo,
             min_size=min_size,
@@ -258,16 +258,16 @@ class AsyncPostgresJournal:
         }
         self._db = _AsyncDatabase(conninfo, **settings)
         self._lease_mode = lease_mode
-        self._lease_db: _Database | None = None
+        self._lease_db: Database | None = None
         self._locks: AsyncPostgresOrderLocks | PostgresLeaseLocks
         if lease_mode:
             # The lease rows' statements are short and run in worker threads (ahold); their
             # connections are opened on the first lock taken.
-            self._lease_db = _Database(conninfo, **settings)
+            self._lease_db = Database(conninfo, **settings)
             self._locks = PostgresLeaseLocks(self._lease_db, lease=float(lock_lease))
         else:
             self._locks = AsyncPostgresOrderLocks(self._db)
-        self._ops = _Operations(self._db)
+        self._ops = Operations(self._db)
 
     def __repr__(self) -> str:
         return (
@@ -340,7 +340,7 @@ class AsyncPostgresJournal:
         self, merchant_id: str | None = None, *, limit: int = 100
     ) -> list[OperationRecord]:
         """See :meth:`PostgresJournal.open_operations`."""
-        _check_listing(merchant_id, limit)
+        check_listing(merchant_id, limit)
         return await self._db.run(
             "list open operations", self._ops.open_operations(merchant_id, limit)
         )
@@ -367,14 +367,14 @@ class AsyncPostgresOrderLocks:
 
     def key(self, merchant_id: str, merchant_trade_no: str) -> int:
         """The ``pg_advisory_lock`` key of one order (as :class:`PostgresOrderLocks`)."""
-        _check_order(merchant_id, merchant_trade_no)
-        return _key(self._db.schema, merchant_id, merchant_trade_no)
+        check_order(merchant_id, merchant_trade_no)
+        return advisory_key(self._db.schema, merchant_id, merchant_trade_no)
 
     def hold(
         self, merchant_id: str, merchant_trade_no: str
     ) -> contextlib.AbstractContextManager[None]:
         """Refused: these locks are awaited. A thread uses :class:`PostgresJournal`'s."""
-        _check_order(merchant_id, merchant_trade_no)
+        check_order(merchant_id, merchant_trade_no)
         raise ConfigurationError(
             "AsyncPostgresJournal's order locks are awaited (ahold) by AsyncClient; for "
             "threads and Client, open a PostgresJournal on the same database"
@@ -394,7 +394,7 @@ class AsyncPostgresOrderLocks:
 
     async def _take(
         self, pool: psycopg_pool.AsyncConnectionPool[Any], key: int, merchant_trade_no: str
-    ) -> _Connection:
+    ) -> Connection:
         """A lock connection holding ``key``. A pooled connection found dead is replaced once."""
         doing = f"lock order {merchant_trade_no}"
         for retried in (False, True):
@@ -403,13 +403,13 @@ class AsyncPostgresOrderLocks:
             except psycopg_pool.PoolTimeout as exc:
                 raise self._db.no_connection(doing) from exc
             try:
-                wait = _FIRST_WAIT
+                wait = FIRST_WAIT
                 while not await self._try(connection, key):
                     await asyncio.sleep(wait)
-                    wait = min(wait * 2, _LONGEST_WAIT)
+                    wait = min(wait * 2, LONGEST_WAIT)
             except psycopg.Error as exc:
                 await _discard(pool, connection)
-                if retried or not _lost(exc, connection):
+                if retried or not connection_lost(exc, connection):
                     raise self._db.error(exc, doing) from exc
                 await self._db.check(pool)
             except BaseException:
@@ -422,7 +422,7 @@ class AsyncPostgresOrderLocks:
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
-    async def _try(connection: _Connection, key: int) -> bool:
+    async def _try(connection: Connection, key: int) -> bool:
         cursor = await connection.execute("SELECT pg_try_advisory_lock(%s)", (key,))
         row = await cursor.fetchone()
         return bool(row and row[0])
@@ -430,7 +430,7 @@ class AsyncPostgresOrderLocks:
     async def _release(
         self,
         pool: psycopg_pool.AsyncConnectionPool[Any],
-        connection: _Connection,
+        connection: Connection,
         key: int,
         merchant_trade_no: str,
     ) -> None:
@@ -448,7 +448,7 @@ class AsyncPostgresOrderLocks:
             await pool.putconn(connection)
 
 
-async def _discard(pool: psycopg_pool.AsyncConnectionPool[Any], connection: _Connection) -> None:
+async def _discard(pool: psycopg_pool.AsyncConnectionPool[Any], connection: Connection) -> None:
     """Close a lock connection (the server frees any lock it holds) and hand it back; shielded,
     so a second cancellation cannot leave it open."""
 
@@ -461,7 +461,7 @@ async def _discard(pool: psycopg_pool.AsyncConnectionPool[Any], connection: _Con
     await asyncio.shield(close())
 
 
-def _log_lost(merchant_trade_no: str, server: _Server, exc: BaseException) -> None:
+def _log_lost(merchant_trade_no: str, server: Server, exc: BaseException) -> None:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else "?"
     logging.getLogger("ecpay_lifecycle").warning(
         "order %s: the connection holding its advisory lock at %s was lost while held (%s); "

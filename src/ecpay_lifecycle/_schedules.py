@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from ._exceptions import InvalidArgument
 from ._models import Action
-from .emulator import Emulator, Endpoint, Fault, FaultRule
+from .emulator._emulator import Emulator
+from .emulator._faults import Endpoint, Fault, FaultRule
 
 __all__ = ["ScheduledFault", "fault_schedules"]
 

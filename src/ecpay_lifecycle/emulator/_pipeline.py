@@ -34,7 +34,7 @@ from ._events import EventKind, Landing
 from ._faults import Endpoint, Fault, FaultRule, Faults
 from ._persist import Reader
 from ._settings import EmulatorSettings, Refusal
-from ._state import Ledger, Recorder, _Merchant, _Order
+from ._state import Ledger, LedgerMerchant, LedgerOrder, Recorder
 from ._wire import (
     DECRYPT_FAIL,
     STALE_TIMESTAMP,
@@ -85,7 +85,7 @@ class Received:
     """
 
     endpoint: Endpoint
-    merchant: _Merchant
+    merchant: LedgerMerchant
     inner: dict[str, Any]
     action: Action | None
     rule: FaultRule | None
@@ -470,7 +470,7 @@ class Pipeline:
         reply = {"RtnCode": answer.rtn_code, "RtnMsg": answer.rtn_msg, **echoes}
         return _Outcome(reply, refusal=reason, **extra)
 
-    def _lookup(self, got: Received, *, need_trade_no: bool) -> _Order | Refusal:
+    def _lookup(self, got: Received, *, need_trade_no: bool) -> LedgerOrder | Refusal:
         """The order the inner data names, if this envelope's merchant may see it (section 3).
 
         The inner MerchantID is checked first, as ECPay does on all three endpoints [OBS]:

@@ -128,7 +128,9 @@ class _Refund:
 
 
 @attrs.define(kw_only=True)
-class _Merchant:
+class LedgerMerchant:
+    """A merchant as the ledger keeps it: its codecs (never shown), auto-close and balance."""
+
     merchant_id: str
     codec: AesCodec = attrs.field(repr=False)
     #: Encrypts replies with ECPay's servers' URL-encoding (R1); the codec reads requests.
@@ -139,8 +141,10 @@ class _Merchant:
 
 
 @attrs.define(kw_only=True)
-class _Order:
-    merchant: _Merchant
+class LedgerOrder:
+    """An order as the ledger keeps it, mutable under the ledger's lock; views are frozen copies."""
+
+    merchant: LedgerMerchant
     merchant_trade_no: str
     trade_no: str
     trade_id: int
@@ -174,14 +178,14 @@ class Ledger:
             raise InvalidArgument("the emulator's calendar ends with year 9999") from exc
         self.settings = settings
         self._record = record
-        self.merchants: dict[str, _Merchant] = {}
-        self.orders: dict[tuple[str, str], _Order] = {}
+        self.merchants: dict[str, LedgerMerchant] = {}
+        self.orders: dict[tuple[str, str], LedgerOrder] = {}
         self._trade_nos: set[str] = set()
         self._sequence = 0
         #: R7's day rules still to come, as a heap of ``(stop, tie, rank, at, order)``: ``stop``
         #: is the first instant at which the rule has happened (its moment for the notice, just
         #: after it for the expiry), so the next one is found without looking at every order.
-        self._agenda: list[tuple[dt.datetime, int, int, dt.datetime, _Order]] = []
+        self._agenda: list[tuple[dt.datetime, int, int, dt.datetime, LedgerOrder]] = []
         self._agenda_tie = itertools.count()
         #: An order's day rules fall after the end of the calendar: the clock cannot move.
         self._beyond_calendar = False
@@ -216,7 +220,7 @@ class Ledger:
             None if platform_given.reveal() is None else _merchant_id(platform_given, "platform_id")
         )
         codec = AesCodec(key, iv)  # it validates the type and length
-        self.merchants[mid] = _Merchant(
+        self.merchants[mid] = LedgerMerchant(
             merchant_id=mid,
             codec=codec,
             replies=ReplyCodec(_key_bytes(key), _key_bytes(iv)),
@@ -226,7 +230,7 @@ class Ledger:
         )
         self._record(EventKind.SETUP, self.now, merchant_id=mid, note="merchant added")
 
-    def merchant(self, merchant_id: object) -> _Merchant:
+    def merchant(self, merchant_id: object) -> LedgerMerchant:
         """The registered merchant, or :class:`InvalidArgument`."""
         found = self.merchants.get(merchant_id) if isinstance(merchant_id, str) else None
         if found is None:
@@ -261,7 +265,7 @@ class Ledger:
                 f"merchant {merchant.merchant_id} already has an order {number}",
                 merchant_trade_no=number,
             )
-        order = _Order(
+        order = LedgerOrder(
             merchant=merchant,
             merchant_trade_no=number,
             trade_no=self._new_trade_no(when),
@@ -302,11 +306,11 @@ class Ledger:
                 self._trade_nos.add(candidate)
                 return candidate
 
-    def find(self, merchant_id: str, merchant_trade_no: str) -> _Order | None:
+    def find(self, merchant_id: str, merchant_trade_no: str) -> LedgerOrder | None:
         """The order, or None."""
         return self.orders.get((merchant_id, merchant_trade_no))
 
-    def order(self, merchant_id: object, merchant_trade_no: object) -> _Order:
+    def order(self, merchant_id: object, merchant_trade_no: object) -> LedgerOrder:
         """The order, or :class:`InvalidArgument` naming it."""
         merchant = self.merchant(merchant_id)
         found = (
@@ -332,7 +336,7 @@ class Ledger:
             note="balance set",
         )
 
-    def set_status(self, order: _Order, status: object) -> None:
+    def set_status(self, order: LedgerOrder, status: object) -> None:
         """Force a status ECPay reaches without the merchant (bank rejection, chargeback, ...)."""
         if not isinstance(status, GatewayStatus) or status not in _FORCEABLE:
             raise InvalidArgument(
@@ -357,13 +361,13 @@ class Ledger:
 
     # -- views -------------------------------------------------------------------------------
 
-    def shown_closed_amount(self, order: _Order) -> int:
+    def shown_closed_amount(self, order: LedgerOrder) -> int:
         """``ClsAmt`` as CreditDetail shows it (section 4 [HOUSE])."""
         if self.settings.refund_lowers_closed_amount_at_once:
             return order.net
         return order.net + order.pending()
 
-    def view(self, order: _Order) -> OrderView:
+    def view(self, order: LedgerOrder) -> OrderView:
         """The frozen view of ``order``."""
         return OrderView(
             merchant_id=order.merchant.merchant_id,
@@ -382,7 +386,7 @@ class Ledger:
             auto_close=order.merchant.auto_close,
         )
 
-    def credit_detail_view(self, order: _Order, *, writes_back: int = 0) -> OrderView:
+    def credit_detail_view(self, order: LedgerOrder, *, writes_back: int = 0) -> OrderView:
         """What CreditDetail shows of ``order``: as it was ``credit_detail_lag`` ago (the latest
         write at or before ``now - lag``), then ``writes_back`` writes further back
         (``Fault.STALE_QUERY``). Past the kept history: the oldest view kept."""
@@ -400,14 +404,14 @@ class Ledger:
                 index = max((i for i, (at, _view) in enumerate(history) if at <= cutoff), default=0)
         return history[max(0, index - writes_back)][1]
 
-    def _wrote(self, order: _Order, at: dt.datetime) -> None:
+    def _wrote(self, order: LedgerOrder, at: dt.datetime) -> None:
         """Keep the view CreditDetail shows after a change at ``at``, if it did change."""
         view = self.view(order)
         if order.history and _shown(order.history[-1][1]) == _shown(view):
             return
         order.history.append((at, view))
 
-    def snapshot(self, order: _Order) -> OrderSnapshot:
+    def snapshot(self, order: LedgerOrder) -> OrderSnapshot:
         """The truth about ``order`` as the library models it (for differential tests)."""
         closed = self.shown_closed_amount(order)
         return OrderSnapshot(
@@ -478,7 +482,7 @@ class Ledger:
             first = self._agenda[0][0]
         return first
 
-    def _plan_day_rules(self, order: _Order) -> None:
+    def _plan_day_rules(self, order: LedgerOrder) -> None:
         """Put R7's notice and expiry of ``order`` (auto-close off) on the agenda, if still to
         come (a backdated order's earlier ones were replayed by :meth:`authorize`)."""
         if order.merchant.auto_close:
@@ -514,7 +518,7 @@ class Ledger:
             raise InvalidArgument("no batch is left before the end of the calendar") from exc
 
     def _schedule(
-        self, start: dt.datetime, end: dt.datetime, only: list[_Order] | None
+        self, start: dt.datetime, end: dt.datetime, only: list[LedgerOrder] | None
     ) -> list[Callable[[], None]]:
         """What happens in ``(start, end]``, in time order: batches and R7's day rules.
 
@@ -560,7 +564,7 @@ class Ledger:
         happenings.sort(key=lambda item: item[:3])
         return [happen for _at, _rank, _n, happen in happenings]
 
-    def _notice(self, order: _Order, at: dt.datetime) -> None:
+    def _notice(self, order: LedgerOrder, at: dt.datetime) -> None:
         if order.status in _HOLDING:
             self._record(
                 EventKind.NOTICE,
@@ -570,7 +574,7 @@ class Ledger:
                 note="R7: unclosed order notice (day 80)",
             )
 
-    def _expire(self, order: _Order, at: dt.datetime) -> None:
+    def _expire(self, order: LedgerOrder, at: dt.datetime) -> None:
         if order.status in _HOLDING:
             order.status = GatewayStatus.CANCELED
             order.net = 0
@@ -584,7 +588,7 @@ class Ledger:
                 note="R7: unclosed after day 90, abandoned without capture",
             )
 
-    def _batched(self, only: list[_Order] | None) -> list[_Order]:
+    def _batched(self, only: list[LedgerOrder] | None) -> list[LedgerOrder]:
         """The orders a batch may change: ``only`` as given (a replay, whose order is still being
         set up), otherwise those holding under auto-close or with a pending close now. An order
         that changes between the pieces of a move is checked again when its piece runs, and one
@@ -600,7 +604,7 @@ class Ledger:
             or (closes and order.merchant.auto_close and order.status in _HOLDING)
         ]
 
-    def _batch_order(self, order: _Order, at: dt.datetime, tally: _Tally) -> None:
+    def _batch_order(self, order: LedgerOrder, at: dt.datetime, tally: _Tally) -> None:
         """R5 for one order: with auto-close, an Authorized order is closed; then any pending
         close is settled."""
         if (
@@ -626,7 +630,7 @@ class Ledger:
     def _batch_done(self, at: dt.datetime, tally: _Tally) -> None:
         self._record(EventKind.BATCH, at, note=f"settled {tally.settled} order(s)")
 
-    def _settle(self, order: _Order, at: dt.datetime) -> None:
+    def _settle(self, order: LedgerOrder, at: dt.datetime) -> None:
         """The batch settles a pending close: a capture gets its row, pending refunds are done."""
         if not order.capture_settled:
             self._settle_capture(order, at)
@@ -643,7 +647,7 @@ class Ledger:
             note="settled",
         )
 
-    def _settle_capture(self, order: _Order, at: dt.datetime) -> None:
+    def _settle_capture(self, order: LedgerOrder, at: dt.datetime) -> None:
         order.capture_settled = True
         order.rows.append(CloseRowView(GatewayStatus.CAPTURED, order.net, at))
         if self.settings.credit_settlements:
@@ -711,7 +715,7 @@ class Ledger:
         trade_no = entry.text("trade_no")
         if (merchant.merchant_id, number) in self.orders or trade_no in self._trade_nos:
             raise ConfigurationError(f"{entry.where} repeats an earlier order")
-        order = _Order(
+        order = LedgerOrder(
             merchant=merchant,
             merchant_trade_no=number,
             trade_no=trade_no,
@@ -747,14 +751,14 @@ class Ledger:
 
     # -- DoAction ----------------------------------------------------------------------------
 
-    def in_batch_window(self, merchant: _Merchant) -> bool:
+    def in_batch_window(self, merchant: LedgerMerchant) -> bool:
         """R5: DoAction is refused in [20:15, 20:30) Asia/Taipei when auto-close is on."""
         if not merchant.auto_close:
             return False
         local = self.now.astimezone(TAIPEI).time()
         return self.settings.batch_time <= local < self.settings.batch_window_end
 
-    def do_action(self, order: _Order, action: Action, amount: int) -> Refusal | None:
+    def do_action(self, order: LedgerOrder, action: Action, amount: int) -> Refusal | None:
         """Apply one DoAction to ``order``, or return why ECPay would refuse it (nothing changes).
 
         Checks run in this order: the batch window (R5: ECPay asks not to call DoAction at all
@@ -770,7 +774,7 @@ class Ledger:
             self._wrote(order, self.now)
         return refusal
 
-    def _check_close(self, order: _Order, amount: int) -> Refusal | None:
+    def _check_close(self, order: LedgerOrder, amount: int) -> Refusal | None:
         if order.kind is PaymentKind.UNIONPAY:
             return Refusal.UNIONPAY
         if order.status not in _HOLDING:
@@ -784,7 +788,7 @@ class Ledger:
             return Refusal.OVER_DATE
         return self._full_amount(Action.CLOSE, order, amount)
 
-    def _check_refund(self, order: _Order, amount: int) -> Refusal | None:
+    def _check_refund(self, order: LedgerOrder, amount: int) -> Refusal | None:
         if order.status in _HOLDING:
             return Refusal.NOT_CAPTURED  # R18: nothing is captured yet
         if order.status not in (GatewayStatus.TO_BE_CAPTURED, GatewayStatus.CAPTURED):
@@ -805,7 +809,7 @@ class Ledger:
             return Refusal.INSUFFICIENT_BALANCE
         return None
 
-    def _check_cancel(self, order: _Order, amount: int) -> Refusal | None:
+    def _check_cancel(self, order: LedgerOrder, amount: int) -> Refusal | None:
         if order.kind is PaymentKind.UNIONPAY:
             return Refusal.UNIONPAY
         if order.status is not GatewayStatus.TO_BE_CAPTURED:
@@ -816,7 +820,7 @@ class Ledger:
             return Refusal.BAD_AMOUNT
         return self._full_amount(Action.CANCEL, order, amount)
 
-    def _check_abandon(self, order: _Order, amount: int) -> Refusal | None:
+    def _check_abandon(self, order: LedgerOrder, amount: int) -> Refusal | None:
         if order.kind is PaymentKind.UNIONPAY:
             return Refusal.UNIONPAY
         if order.status is GatewayStatus.CANCELED:
@@ -827,7 +831,7 @@ class Ledger:
             return Refusal.BAD_AMOUNT
         return self._full_amount(Action.ABANDON, order, amount)
 
-    def _full_amount(self, action: Action, order: _Order, amount: int) -> Refusal | None:
+    def _full_amount(self, action: Action, order: LedgerOrder, amount: int) -> Refusal | None:
         """[HOUSE]: C and E carry the order amount, and N too when strict (R14; see
         ``full_amount_actions``). Otherwise N abandons the whole authorization whatever its
         amount, as ECPay does [OBS]."""
@@ -835,11 +839,11 @@ class Ledger:
             return Refusal.AMOUNT_NOT_ORDER_AMOUNT
         return None
 
-    def _apply_close(self, order: _Order, amount: int) -> None:
+    def _apply_close(self, order: LedgerOrder, amount: int) -> None:
         order.status = GatewayStatus.TO_BE_CAPTURED
         order.net = amount
 
-    def _apply_refund(self, order: _Order, amount: int) -> None:
+    def _apply_refund(self, order: LedgerOrder, amount: int) -> None:
         order.net -= amount
         order.refunds.append(_Refund(amount, self.now))
         if order.capture_settled:
@@ -847,7 +851,7 @@ class Ledger:
             if self.settings.debit_refunds:
                 order.merchant.balance -= amount
 
-    def _apply_cancel(self, order: _Order, _amount: int) -> None:
+    def _apply_cancel(self, order: LedgerOrder, _amount: int) -> None:
         pending = [r for r in order.refunds if not r.settled]
         undone = sum(r.amount for r in pending)
         order.refunds = [r for r in order.refunds if r.settled]
@@ -862,7 +866,7 @@ class Ledger:
             order.status = GatewayStatus.OPERATION_CANCELED
             order.net = 0
 
-    def _apply_abandon(self, order: _Order, _amount: int) -> None:
+    def _apply_abandon(self, order: LedgerOrder, _amount: int) -> None:
         order.status = GatewayStatus.CANCELED
         order.net = 0
 
@@ -897,7 +901,7 @@ def _row(item: Reader) -> CloseRowView:
     )
 
 
-def _order_json(order: _Order) -> dict[str, Any]:
+def _order_json(order: LedgerOrder) -> dict[str, Any]:
     """One order for a state file: its truth and the CreditDetail views it keeps."""
     return {
         "merchant_id": order.merchant.merchant_id,
@@ -972,13 +976,13 @@ def _merchant_id_problem(value: object, field: str) -> EcpayError | None:
     return InvalidArgument(f"{field} must be 1-10 letters or digits, got {got}")
 
 
-_CHECKS: dict[Action, Callable[[Ledger, _Order, int], Refusal | None]] = {
+_CHECKS: dict[Action, Callable[[Ledger, LedgerOrder, int], Refusal | None]] = {
     Action.CLOSE: Ledger._check_close,
     Action.REFUND: Ledger._check_refund,
     Action.CANCEL: Ledger._check_cancel,
     Action.ABANDON: Ledger._check_abandon,
 }
-_APPLY: dict[Action, Callable[[Ledger, _Order, int], None]] = {
+_APPLY: dict[Action, Callable[[Ledger, LedgerOrder, int], None]] = {
     Action.CLOSE: Ledger._apply_close,
     Action.REFUND: Ledger._apply_refund,
     Action.CANCEL: Ledger._apply_cancel,
