@@ -74,6 +74,7 @@ from ._outcome import Outcome, Reconciliation, Verdict
 from ._protocol import Credentials
 from ._rules import TAIPEI, in_blackout
 from ._schedules import ScheduledFault, fault_schedules
+from ._value_strategies import refund_requests
 from .emulator import (
     Emulator,
     Endpoint,
@@ -371,8 +372,6 @@ class LifecycleMachine(RuleBasedStateMachine):
     def refund(self, order: str, capture_first: bool, data: st.DataObject) -> None:
         """``Client.refund`` of an amount drawn for the order as it is now: everything, a part,
         too much, or not an amount at all (R9-R13, R18, R19)."""
-        from .strategies import refund_requests  # noqa: PLC0415  # strategies re-exports this module
-
         truth = self.truth(order)
         anything = refund_requests(truth)
         valid = anything

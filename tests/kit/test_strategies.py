@@ -192,7 +192,13 @@ def test_fault_schedules_refuse_nonsense() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["ecpay_lifecycle.strategies", "ecpay_lifecycle._stateful", "ecpay_lifecycle"]
+    "module",
+    [
+        "ecpay_lifecycle.strategies",
+        "ecpay_lifecycle._stateful",
+        "ecpay_lifecycle._value_strategies",
+        "ecpay_lifecycle",
+    ],
 )
 def test_each_public_module_imports_in_a_fresh_interpreter(module: str) -> None:
     """pytest has hypothesis loaded already; a user's script does not (an import cycle hid here)."""
@@ -207,3 +213,41 @@ def test_each_public_module_imports_in_a_fresh_interpreter(module: str) -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
+
+
+KIT_MODULES = ("_value_strategies", "_schedules", "_stateful")
+
+
+def test_strategies_is_a_face_over_private_modules() -> None:
+    """Issue 12 item 6: the face only re-exports, and the private modules of the kit import
+    each other at the top, never the face, so the import graph has no circle to defer."""
+    import ast
+    import importlib
+    import pathlib
+
+    face = pathlib.Path(strategies.__file__)
+    tree = ast.parse(face.read_text())
+    assert all(isinstance(node, ast.Expr | ast.ImportFrom | ast.Assign) for node in tree.body), (
+        "strategies.py defines nothing of its own"
+    )
+    for name in strategies.__all__:
+        value = getattr(strategies, name)
+        homes = [
+            m
+            for m in KIT_MODULES
+            if getattr(importlib.import_module(f"ecpay_lifecycle.{m}"), name, None) is value
+        ]
+        assert homes, f"{name} is not re-exported from a private module"
+    for module in KIT_MODULES:
+        source = ast.parse((face.parent / f"{module}.py").read_text())
+        for node in ast.walk(source):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                assert node.module != "strategies", f"{module} imports the public face"
+        nested = [
+            node.lineno
+            for function in ast.walk(source)
+            if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef)
+            for node in ast.walk(function)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+        ]
+        assert nested == [], f"{module} imports inside a function at lines {nested}"
