@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Literal, overload
 
 from hypothesis import strategies as st
 
@@ -127,19 +128,35 @@ def _snapshots(
     )
 
 
+@overload
 def refund_requests(
-    snapshot: OrderSnapshot, *, valid: bool | None = None
+    snapshot: OrderSnapshot, *, valid: Literal[True] = True
+) -> st.SearchStrategy[int | None]: ...
+@overload
+def refund_requests(
+    snapshot: OrderSnapshot, *, valid: bool | None
+) -> st.SearchStrategy[object]: ...
+def refund_requests(
+    snapshot: OrderSnapshot, *, valid: bool | None = True
 ) -> st.SearchStrategy[object]:
-    """Refund amounts for ``snapshot``: ``None`` ("everything") or an amount, valid or not.
+    """Refund requests for ``snapshot``: ``None`` ("everything that is left") or an amount.
 
-    Valid means the planner's table (docs/ecpay-api.md section 8) allows it for this state and kind
-    (outside the R5 window):
-    ``None`` or the whole refundable amount whenever something is refundable, and any part of it
-    for an ordinary (or UnionPay) order that is no longer only authorized (R9, R11, R12, R18).
-    Invalid covers the rest: parts the kind or state forbids, more than is refundable (R10), more
-    than the order (R19), zero and negatives, and values of the wrong type (bool, float, str).
-    ``valid=True`` or ``False`` draws from one side only.
+    By default only requests that :func:`~ecpay_lifecycle.plan_refund` accepts (with
+    ``capture_first=False``, docs/ecpay-api.md section 8): ``None`` or the whole refundable
+    amount whenever something is refundable, and any part of it for an ordinary (or UnionPay)
+    order that is no longer only authorized (R9, R10, R11, R12, R18). The planner plans them at
+    every ``now`` the time rules leave open: outside R5's daily window, and, with auto-close
+    off, before day 90 for an order still waiting to be captured (R7: ECPay has abandoned it by
+    then). An order with nothing refundable has no such request: asking for one raises
+    :class:`~ecpay_lifecycle.InvalidArgument`.
+
+    ``valid=False`` draws only requests the planner refuses: parts the kind or state forbids,
+    more than is refundable (R10) or than the order (R19), zero and negatives, and values of
+    the wrong type (bool, float, str). ``valid=None`` draws from both sides, which the default
+    did before (CHANGELOG.md).
     """
+    if valid is not None and not isinstance(valid, bool):
+        raise InvalidArgument(f"valid must be True, False or None, not {valid!r}")
     refundable = snapshot.refundable
     actionable = snapshot.state.actionable and refundable > 0
     partial_ok = (
@@ -148,7 +165,7 @@ def refund_requests(
         and snapshot.state is not State.AUTHORIZED
         and refundable > 1
     )
-    good: list[st.SearchStrategy[object]] = []
+    good: list[st.SearchStrategy[int | None]] = []
     if actionable:
         good += [st.none(), st.just(refundable)]
     if partial_ok:
@@ -168,11 +185,14 @@ def refund_requests(
         bad.append(st.integers(1, refundable - 1))
     if valid is True:
         if not good:
-            raise InvalidArgument(f"nothing can be refunded from an order that is {snapshot.state}")
+            raise InvalidArgument(
+                f"nothing can be refunded from an order that is {snapshot.state} with "
+                f"{refundable} TWD refundable; valid=False draws the requests the planner refuses"
+            )
         return st.one_of(good)
     if valid is False:
         return st.one_of(bad)
-    return st.one_of(good + bad) if good else st.one_of(bad)
+    return st.one_of([*good, *bad])
 
 
 @st.composite

@@ -20,7 +20,7 @@ from ecpay_lifecycle import (
     plan_refund,
     strategies,
 )
-from ecpay_lifecycle._rules import TAIPEI
+from ecpay_lifecycle._rules import TAIPEI, forced_abandon_at, in_blackout
 from ecpay_lifecycle.strategies import (
     REFERENCE_TIME,
     refund_requests,
@@ -91,7 +91,7 @@ def test_from_type_is_registered() -> None:
 
 
 @given(st.data())
-def test_valid_refund_requests_are_planned_outside_the_window(data: st.DataObject) -> None:
+def test_refund_requests_are_planned_by_default_outside_the_window(data: st.DataObject) -> None:
     snapshot = data.draw(snapshots(states=(State.AUTHORIZED, State.TO_CLOSE, State.CLOSED)))
     if snapshot.refundable == 0 or (
         not snapshot.auto_close
@@ -100,9 +100,81 @@ def test_valid_refund_requests_are_planned_outside_the_window(data: st.DataObjec
         and snapshot.authorized_at + dt.timedelta(days=90) < OUTSIDE_WINDOW
     ):
         return  # nothing refundable, or R7 past day 90 (not about the amount)
-    amount = data.draw(refund_requests(snapshot, valid=True))
-    plan = plan_refund(snapshot, amount, now=OUTSIDE_WINDOW)  # type: ignore[arg-type]
+    amount = data.draw(refund_requests(snapshot))
+    plan = plan_refund(snapshot, amount, now=OUTSIDE_WINDOW)
     assert plan.refund_total == (snapshot.refundable if amount is None else amount)
+
+
+@given(st.data())
+def test_refund_requests_default_to_what_the_planner_accepts(data: st.DataObject) -> None:
+    """Over any snapshot and instant: a default draw is planned, unless a time rule refuses the
+    refund whatever its amount (R5's window; R7 after day 90, where the plan abandons an order
+    never captured); an order with nothing to refund has no valid request, and says so."""
+    snapshot = data.draw(snapshots(), label="snapshot")
+    if not (snapshot.state.actionable and snapshot.refundable):
+        with pytest.raises(InvalidArgument, match="valid=False"):
+            refund_requests(snapshot)
+        return
+    amount = data.draw(refund_requests(snapshot), label="amount")
+    now = data.draw(
+        taipei_datetimes()
+        | taipei_datetimes(near_batch=True)
+        | taipei_datetimes(authorized_at=snapshot.authorized_at),
+        label="now",
+    )
+    abandons = snapshot.state is State.AUTHORIZED or (
+        snapshot.pending_capture and amount in (None, snapshot.refundable)
+    )
+    time_rule = None
+    if snapshot.auto_close and in_blackout(now, auto_close=True):
+        time_rule = "R5"
+    elif not snapshot.auto_close and abandons and now > forced_abandon_at(snapshot.authorized_at):
+        time_rule = "R7"
+    if time_rule is not None:
+        with pytest.raises(RuleViolation) as refusal:
+            plan_refund(snapshot, amount, now=now)
+        assert refusal.value.rule == time_rule, str(refusal.value)
+    else:
+        plan = plan_refund(snapshot, amount, now=now)
+        assert plan.refund_total == (snapshot.refundable if amount is None else amount)
+
+
+def _planned(pair: object) -> bool:
+    snapshot, amount = pair  # type: ignore[misc]
+    try:
+        plan_refund(snapshot, amount, now=OUTSIDE_WINDOW)
+    except (RuleViolation, InvalidAmount, InvalidArgumentType):
+        return False
+    return True
+
+
+def test_refund_requests_draw_refused_requests_only_when_asked() -> None:
+    refundable = snapshots(
+        states=(State.AUTHORIZED, State.TO_CLOSE, State.CLOSED), auto_close=True
+    ).filter(lambda s: s.refundable > 0)
+
+    def pairs(valid: bool | None) -> list[object]:
+        return collect(
+            refundable.flatmap(
+                lambda s: st.tuples(
+                    st.just(s),
+                    refund_requests(s) if valid is True else refund_requests(s, valid=valid),
+                )
+            ),
+            400,
+        )
+
+    assert all(_planned(pair) for pair in pairs(True))  # the default
+    both = [_planned(pair) for pair in pairs(None)]
+    assert True in both
+    assert False in both
+    assert not any(_planned(pair) for pair in pairs(False))
+
+
+def test_refund_requests_refuse_a_valid_that_is_not_a_bool() -> None:
+    snapshot = collect(snapshots(states=(State.CLOSED,)), 1)[0]
+    with pytest.raises(InvalidArgument):
+        refund_requests(snapshot, valid="yes")  # type: ignore[call-overload]
 
 
 @given(st.data())
