@@ -1,8 +1,10 @@
 """Hypothesis strategies for testing code that embeds ecpay-lifecycle (public testing kit).
 
 Install with ``pip install 'ecpay-lifecycle[testing]'``. Every strategy draws only values the
-library accepts (valid snapshots, aware datetimes), covers every state and kind, and shrinks toward
-a small ordinary order, so a failing test of yours reports the simplest order that breaks it.
+library accepts (valid snapshots, aware datetimes, refund requests the planner plans; refused
+ones only when asked, ``refund_requests(snapshot, valid=False)``), covers every state and kind,
+and shrinks toward a small ordinary order, so a failing test of yours reports the simplest order
+that breaks it.
 
 >>> from hypothesis import given
 >>> from ecpay_lifecycle import plan_refund, RuleViolation
