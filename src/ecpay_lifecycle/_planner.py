@@ -48,12 +48,9 @@ __all__ = ["plan", "plan_abandon", "plan_capture", "plan_refund"]
 # Enum members read once: on Python 3.11 ``State.CLOSED`` goes through EnumType.__getattr__ and
 # costs several dict lookups, which adds up on the hot path of plan_refund (bench_planner.py).
 _AUTHORIZED = State.AUTHORIZED
-_TO_CLOSE = State.TO_CLOSE
 _INSTALLMENT = PaymentKind.INSTALLMENT
-_UNIONPAY = PaymentKind.UNIONPAY
 _CAPTURE = Intent.CAPTURE
 _REFUND = Intent.REFUND
-_ABANDON = Intent.ABANDON
 _PHASE_AUTHORIZED = Phase.AUTHORIZED
 
 # Each planned action with its trigger in the lifecycle table.
