@@ -1,21 +1,31 @@
-"""``AsyncStreamTransport``: a lean httpx transport for :class:`AsyncClient` (``transport=``).
+"""``AsyncStreamTransport``: the httpx transport under :class:`AsyncClient`.
 
-An HTTP/1.1 keep-alive client on asyncio's protocols, with ``h11`` doing every byte of framing
-(Content-Length and chunked bodies, both ways). It exists for speed: httpx's own transport
-(httpcore on anyio) spends several times the CPU of this one on every request over a socket
-(``benchmarks/bench_wire.py``; the figures are in ``benchmarks/README.md``).
+An HTTP/1.1 keep-alive client on asyncio's protocols. It exists for speed: httpx's own transport
+(httpcore on anyio) spends several times its CPU on every request over a socket
+(``benchmarks/bench_wire.py``). Each response is parsed once, as its bytes arrive, by the small
+strict reader below: a status line, header lines, and a body framed by Content-Length, by
+chunked transfer coding, or by the server's close. Anything else (obsolete line folding, both
+framings at once, a transfer coding other than chunked, a control character in a header, a head
+over 64 KiB) is a ``RemoteProtocolError``: after the request was written that reads as an
+unknown outcome, which the engine resolves by a query, never by sending again.
 
 It keeps one pool per origin of at most ``max_connections`` connections, each kept alive for
 ``keepalive_expiry`` seconds. How its errors read matters to the engine (``_engine._NOT_SENT``):
 
 * ``ConnectError``, ``ConnectTimeout`` and ``PoolTimeout`` are raised only before a byte of the
-  request was handed to the socket: the request provably did not leave.
+  request was handed to the socket: the request provably did not leave. So is
+  ``LocalProtocolError`` (a header with a line break in it, a body that disagrees with its
+  Content-Length): the request is checked and framed whole before anything is written.
 * Once the request was written, every failure is ``WriteError``, ``WriteTimeout``,
-  ``ReadError``, ``ReadTimeout`` or ``RemoteProtocolError``: the outcome is unknown.
+  ``ReadError``, ``ReadTimeout`` or ``RemoteProtocolError``: the outcome is unknown. Nothing is
+  ever sent again by the transport, whatever the method.
 * A kept-alive connection the server closed (or wrote to) while it sat idle is found before it
   is reused (its state and the socket's readability are checked) and is never sent on.
 
-It logs nothing, so neither bodies nor credentials can leak through it.
+Not spoken: HTTP/2, HTTP proxies (``HTTP(S)_PROXY`` is ignored), ``Expect: 100-continue`` (a
+body is sent at once; an interim 1xx reply is skipped), protocol upgrades (101), and transfer
+codings other than chunked. A streamed response body is buffered as it arrives, however slowly
+it is read. It logs nothing, so neither bodies nor credentials can leak through it.
 """
 
 from __future__ import annotations
@@ -23,14 +33,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import re
 import select
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Final
 
-import h11
 import httpx
 
 from ._exceptions import ConfigurationError, InvalidArgumentType
@@ -40,10 +50,45 @@ __all__ = ["AsyncStreamTransport"]
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 #: Seconds ``aclose`` waits for a closed connection's socket to be released before aborting it.
 _CLOSE_GRACE: Final = 1.0
-_HTTP_VERSION: Final = b"HTTP/1.1"
-_END: Final = h11.EndOfMessage()  # h11 never changes an event, so one serves every request
-#: Distinct request heads kept checked (see ``AsyncStreamTransport._head``).
+#: The most a response head (or a chunked body's trailer) may take.
+_MAX_HEAD: Final = 65536
+#: The most a chunk-size line may take (hex digits and extensions).
+_MAX_CHUNK_LINE: Final = 4096
+#: Distinct request heads kept encoded (see ``AsyncStreamTransport._head``).
 _HEADS_KEPT: Final = 64
+#: Request bodies up to this size go out in one write with their head.
+_JOIN_BELOW: Final = 65536
+#: RFC 9110 §6.4.1: no content in these responses whatever their headers say.
+_NO_CONTENT: Final = frozenset({204, 304})
+
+# RFC 9112's grammar, as strict as h11's: a field value is visible characters (and obs-text)
+# separated by spaces or tabs; NUL, CR, LF and other whitespace are refused.
+_TOKEN: Final = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_VALUE: Final = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
+_FIELD: Final = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*")
+_NAME: Final = re.compile(_TOKEN)
+_STATUS_LINE: Final = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00\r\n]*))?")
+_CHUNK_LINE: Final = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\x00\r\n]*)?")
+_REQUEST_HEAD: Final = re.compile(
+    _TOKEN + rb" [\x21-\x7e]+ HTTP/1\.1\r\n(?:" + _TOKEN + rb":[ \t]*" + _VALUE + rb"\r\n)*\r\n"
+)
+
+
+# Where the reader is in the current response.
+_HEAD: Final = 0  # waiting for the status line and headers (1xx heads are skipped)
+_LENGTH: Final = 1  # a body of Content-Length bytes
+_CHUNK_SIZE: Final = 2  # a chunk-size line
+_CHUNK_DATA: Final = 3
+_CHUNK_END: Final = 4  # the CRLF after a chunk's data
+_TRAILER: Final = 5  # trailer fields after the last chunk, up to an empty line
+_UNTIL_CLOSE: Final = 6  # a body that ends when the server closes
+_DONE: Final = 7
+_FAILED: Final = 8
+_IDLE: Final = 9  # no exchange in progress
+
+
+class _Malformed(Exception):
+    """The server's bytes are not an HTTP/1.1 response this reader accepts."""
 
 
 def _readable(fd: int) -> bool:
@@ -59,34 +104,82 @@ if sys.platform == "win32" or not hasattr(select, "poll"):  # pragma: no cover -
         return bool(select.select([fd], [], [], 0)[0])
 
 
-def _keep_alive_timeout(headers: Iterable[tuple[bytes, bytes]]) -> float | None:
-    """The idle seconds a ``Keep-Alive: timeout=N`` response header announces, if any
-    (``headers`` as h11 gives them: names in lower case)."""
-    for name, value in headers:
-        if name == b"keep-alive":
-            for part in value.split(b","):
-                key, _, number = part.strip().partition(b"=")
-                if key.strip().lower() == b"timeout":
-                    try:
-                        return float(number)
-                    except ValueError:
-                        return None
+def _keep_alive_timeout(value: bytes) -> float | None:
+    """The idle seconds a ``Keep-Alive: timeout=N`` response header announces, if any."""
+    for part in value.split(b","):
+        key, _, number = part.strip().partition(b"=")
+        if key.strip().lower() == b"timeout":
+            try:
+                return float(number)
+            except ValueError:
+                return None
     return None
 
 
+def _content_length(value: bytes, known: int | None) -> int:
+    """A Content-Length value (RFC 9110 §8.6: a list of one repeated number is allowed)."""
+    numbers = {part.strip() for part in value.split(b",")}
+    if len(numbers) != 1:
+        raise _Malformed("conflicting Content-Length values")
+    (number,) = numbers
+    if not (number.isdigit() and len(number) <= 18):
+        raise _Malformed("a Content-Length that is not a number")
+    length = int(number)
+    if known is not None and known != length:
+        raise _Malformed("conflicting Content-Length headers")
+    return length
+
+
+def _is_chunked(value: bytes) -> bool:
+    """Transfer-Encoding: chunked is the only coding spoken; any other is refused."""
+    if value.strip().lower() != b"chunked":
+        raise _Malformed(f"unsupported Transfer-Encoding {value.decode('latin-1')!r}")
+    return True
+
+
 class _Connection(asyncio.Protocol):
-    """One HTTP/1.1 connection: an asyncio protocol feeding ``h11``, awaited one event at a time."""
+    """One HTTP/1.1 connection. The loop's callbacks parse each response as its bytes arrive
+    and wake the request's task; the task reads the results from the attributes."""
+
+    __slots__ = (
+        "_buffer",
+        "_drain",
+        "_head_only",
+        "_left",
+        "_length",
+        "_lost",
+        "_paused",
+        "_trailer",
+        "_waiter",
+        "busy",
+        "closed",
+        "error",
+        "expiry",
+        "failure",
+        "fd",
+        "headers",
+        "idle_until",
+        "keep",
+        "keep_alive_timeout",
+        "loop",
+        "parts",
+        "phase",
+        "reason",
+        "status",
+        "stray",
+        "transport",
+        "version",
+    )
 
     transport: asyncio.Transport  # set by connection_made, before the pool ever sees it
     fd: int
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.h11 = h11.Connection(h11.CLIENT)
         # Set from the loop's callbacks; any of them makes the connection unfit for reuse.
         self.closed = False  # EOF or connection lost
         self.error: BaseException | None = None  # why the connection was lost, if it was
-        self.stray = False  # bytes arrived while no request was in flight
+        self.stray = False  # bytes arrived while no response was expected
         self.busy = False
         self.idle_until = 0.0
         self.expiry = 0.0  # idle seconds allowed after the current response
@@ -94,8 +187,23 @@ class _Connection(asyncio.Protocol):
         self._drain: asyncio.Future[bool] | None = None
         self._paused = False
         self._lost: asyncio.Future[None] = loop.create_future()
+        self._buffer = b""
+        self.phase = _IDLE
+        self._head_only = False
+        self._left = 0
+        self._length: int | None = None
+        self._trailer = 0
+        # The current response, as far as it was read.
+        self.failure: str | None = None
+        self.status = 0
+        self.reason = b""
+        self.version = b"HTTP/1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.parts: list[bytes] = []
+        self.keep = True  # the response lets the connection carry another request
+        self.keep_alive_timeout: float | None = None
 
-    # asyncio.Protocol callbacks: record and wake, nothing else.
+    # asyncio.Protocol callbacks: parse, record and wake, nothing else.
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -103,25 +211,36 @@ class _Connection(asyncio.Protocol):
         self.fd = transport.get_extra_info("socket").fileno()  # passed through by TLS too
 
     def data_received(self, data: bytes) -> None:
-        if not self.busy or self.closed:
+        if self.phase >= _DONE:  # idle, finished or failed: nothing more was asked for
             self.stray = True
             return
-        self.h11.receive_data(data)
-        self._wake(self._waiter)
+        buffer = self._buffer + data if self._buffer else data
+        try:
+            self._buffer = self._parse(buffer)
+        except _Malformed as exc:
+            self.failure = str(exc)
+            self.phase = _FAILED
+            self._buffer = b""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
 
     def eof_received(self) -> bool:
-        self.closed = True
-        self.h11.receive_data(b"")
-        self._wake(self._waiter)
+        self._closed_now()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
         self.error = exc
-        self.h11.receive_data(b"")
-        self._wake(self._waiter)
+        self._closed_now()
         self._wake(self._drain)
         self._lost.set_result(None)  # asyncio calls this once
+
+    def _closed_now(self) -> None:
+        self.closed = True
+        self.keep = False
+        if self.phase == _UNTIL_CLOSE and self.error is None:
+            self.phase = _DONE
+        self._wake(self._waiter)
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -135,7 +254,154 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
 
+    # The reader: one pass over the bytes as they come, no copy of a body that came whole.
+
+    def _parse(self, buffer: bytes) -> bytes:
+        """Read what ``buffer`` holds of the response; return the bytes left for later."""
+        position = 0
+        end_of_buffer = len(buffer)
+        while True:
+            phase = self.phase
+            if phase in (_LENGTH, _CHUNK_DATA):
+                available = end_of_buffer - position
+                if not available:
+                    return b""
+                take = self._left if self._left < available else available
+                self.parts.append(
+                    buffer if take == end_of_buffer else buffer[position : position + take]
+                )
+                position += take
+                self._left -= take
+                if not self._left:
+                    self.phase = _DONE if phase == _LENGTH else _CHUNK_END
+            elif phase == _HEAD:
+                end = buffer.find(b"\r\n\r\n", position)
+                if end < 0 or end - position > _MAX_HEAD:
+                    if end_of_buffer - position > _MAX_HEAD:
+                        raise _Malformed("a response head over 64 KiB")
+                    return buffer[position:]
+                self._read_head(buffer[position:end])
+                position = end + 4
+            elif phase == _UNTIL_CLOSE:
+                if position < end_of_buffer:
+                    self.parts.append(buffer[position:] if position else buffer)
+                return b""
+            elif phase == _DONE:  # anything after the response's end is unasked for
+                if position < end_of_buffer:
+                    self.stray = True
+                return b""
+            else:
+                position = self._chunk_framing(buffer, position)
+                if position < 0:
+                    return buffer[~position:]
+
+    def _chunk_framing(self, buffer: bytes, position: int) -> int:
+        """Read one chunk-size line, the CRLF after a chunk, or a trailer line at ``position``;
+        return the position after it, or ``~position`` when it has not all arrived."""
+        phase = self.phase
+        if phase == _CHUNK_END:
+            if len(buffer) - position < 2:
+                return ~position
+            if buffer[position : position + 2] != b"\r\n":
+                raise _Malformed("a chunk not followed by CRLF")
+            self.phase = _CHUNK_SIZE
+            return position + 2
+        end = buffer.find(b"\r\n", position)
+        if phase == _CHUNK_SIZE:
+            if end < 0:
+                if len(buffer) - position > _MAX_CHUNK_LINE:
+                    raise _Malformed("a chunk-size line over 4 KiB")
+                return ~position
+            match = _CHUNK_LINE.fullmatch(buffer, position, end)
+            if match is None:
+                raise _Malformed("a malformed chunk-size line")
+            self._left = int(match[1], 16)
+            self.phase = _CHUNK_DATA if self._left else _TRAILER
+            return end + 2
+        # _TRAILER: fields are checked and dropped (httpx has no place for them)
+        if end < 0:
+            if self._trailer + len(buffer) - position > _MAX_HEAD:
+                raise _Malformed("a trailer over 64 KiB")
+            return ~position
+        self._trailer += end + 2 - position
+        if self._trailer > _MAX_HEAD:
+            raise _Malformed("a trailer over 64 KiB")
+        if end == position:
+            self.phase = _DONE
+        elif _FIELD.fullmatch(buffer, position, end) is None:
+            raise _Malformed("a malformed trailer field")
+        return end + 2
+
+    def _read_head(self, head: bytes) -> None:
+        """Read a status line and its header fields, and choose how the body is framed."""
+        lines = head.split(b"\r\n")
+        status_line = _STATUS_LINE.fullmatch(lines[0])
+        if status_line is None:
+            raise _Malformed("not an HTTP/1.x status line")
+        status = int(status_line[2])
+        headers: list[tuple[bytes, bytes]] = []
+        length: int | None = None
+        chunked = False
+        keep = status_line[1] == b"1"  # HTTP/1.0 replies close; no 1.0 keep-alive is asked for
+        keep_alive_timeout = None
+        for line in lines[1:]:
+            field = _FIELD.fullmatch(line)
+            if field is None:  # obsolete line folding, no colon, a control character ...
+                raise _Malformed("a malformed header line")
+            name, value = field.group(1, 2)
+            headers.append((name, value))
+            lower = name.lower()
+            if lower == b"content-length":
+                length = _content_length(value, length)
+            elif lower == b"transfer-encoding":
+                chunked = _is_chunked(value)
+            elif lower == b"connection":
+                if any(token.strip().lower() == b"close" for token in value.split(b",")):
+                    keep = False
+            elif lower == b"keep-alive":
+                keep_alive_timeout = _keep_alive_timeout(value)
+        if status < 200:
+            if status == 101:
+                raise _Malformed("a protocol upgrade (101), which was not asked for")
+            return  # an interim reply (100 Continue, 103 Early Hints): the real one follows
+        self.status = status
+        self.reason = status_line[3] or b""
+        self.version = b"HTTP/1.1" if status_line[1] == b"1" else b"HTTP/1.0"
+        self.headers = headers
+        self.keep = keep
+        self.keep_alive_timeout = keep_alive_timeout
+        if chunked and length is not None:
+            # RFC 9112 §6.3: a sign of request smuggling or response splitting.
+            raise _Malformed("both Transfer-Encoding and Content-Length")
+        if self._head_only or status in _NO_CONTENT:
+            self.phase = _DONE
+        elif chunked:
+            self.phase = _CHUNK_SIZE
+        elif length is not None:
+            self._left = length
+            self.phase = _LENGTH if length else _DONE
+        else:
+            self.keep = False
+            self.phase = _UNTIL_CLOSE
+
     # Used by the pool and the transport.
+
+    def begin(self, head_only: bool) -> None:
+        """Expect a response: to a HEAD request when ``head_only`` (no body, whatever it says)."""
+        self.busy = True
+        self.phase = _HEAD
+        self._head_only = head_only
+        self.failure = None
+        self.parts = []
+        self._trailer = 0
+
+    @property
+    def has_head(self) -> bool:
+        return _HEAD < self.phase < _FAILED
+
+    @property
+    def done(self) -> bool:
+        return self.phase == _DONE
 
     def reusable(self, now: float, loop: asyncio.AbstractEventLoop) -> bool:
         """Fit to carry the next request: open, quiet, not expired, and its socket has nothing
@@ -167,34 +433,40 @@ class _Connection(asyncio.Protocol):
         if not self.loop.is_closed():
             self.transport.abort()
 
-    def write(self, head: h11.Request, content: bytes, request: httpx.Request) -> None:
-        """Write a request whose body is whole, head and body in one write (one segment for a
-        small request). From here on, nothing raised may say "not sent"."""
-        try:
-            out = [self.h11.send(head)]
-            if content:
-                out.append(self.h11.send(h11.Data(data=content)))
-            out.append(self.h11.send(_END))
-        except h11.LocalProtocolError as exc:  # a body that disagrees with Content-Length
-            raise httpx.LocalProtocolError(str(exc), request=request) from exc
-        self.transport.write(b"".join(out))
-
     async def write_stream(
-        self, head: h11.Request, request: httpx.Request, write_timeout: float | None
+        self,
+        head: bytes,
+        request: httpx.Request,
+        length: int | None,
+        chunked: bool,
+        write_timeout: float | None,
     ) -> None:
-        """Write a request whose body is a stream, chunk by chunk as it comes."""
+        """Write a request whose body is a stream, chunk by chunk as it comes, framed as its
+        headers say (chunked, or exactly ``length`` bytes)."""
         assert isinstance(request.stream, httpx.AsyncByteStream)
         transport = self.transport
-        try:
-            transport.write(self.h11.send(head))
-            async for chunk in request.stream:
-                if chunk:
-                    transport.write(self.h11.send(h11.Data(data=chunk)))
-                    if self.blocked:
-                        await self.drained(request, write_timeout)
-            transport.write(self.h11.send(_END))
-        except h11.LocalProtocolError as exc:
-            raise httpx.LocalProtocolError(str(exc), request=request) from exc
+        transport.write(head)
+        sent = 0
+        async for chunk in request.stream:
+            if not chunk:
+                continue
+            sent += len(chunk)
+            if chunked:
+                transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            elif length is None or sent > length:
+                raise httpx.LocalProtocolError(
+                    "the request body is longer than its Content-Length", request=request
+                )
+            else:
+                transport.write(chunk)
+            if self.blocked:
+                await self.drained(request, write_timeout)
+        if chunked:
+            transport.write(b"0\r\n\r\n")
+        elif sent != (length or 0):
+            raise httpx.LocalProtocolError(
+                "the request body is shorter than its Content-Length", request=request
+            )
 
     @property
     def blocked(self) -> bool:
@@ -225,49 +497,46 @@ class _Connection(asyncio.Protocol):
                 request=request,
             )
 
-    def buffered_event(self, request: httpx.Request) -> h11.Event | None:
-        """The next response event in the bytes already received, or ``None``."""
-        try:
-            event = self.h11.next_event()
-        except h11.RemoteProtocolError as exc:
+    def check(self, request: httpx.Request) -> None:
+        """Raise if the response cannot go on: malformed, or the connection was lost."""
+        if self.failure is not None:
+            closed = " (the server closed the connection)" if self.closed else ""
+            raise httpx.RemoteProtocolError(f"{self.failure}{closed}", request=request)
+        if self.closed and self.phase != _DONE:
+            where = "the response's body" if self.has_head else "the response"
             if self.error is not None:
                 raise httpx.ReadError(
-                    f"the connection was lost while reading the response ({self._reason()})",
+                    f"the connection was lost while reading {where} ({self._reason()})",
                     request=request,
-                ) from exc
-            closed = " (the server closed the connection)" if self.closed else ""
-            raise httpx.RemoteProtocolError(f"{exc}{closed}", request=request) from exc
-        if isinstance(event, h11.Event):
-            return event
-        if event is h11.NEED_DATA:
-            return None
-        # h11.PAUSED: reading stops at the response's end, so it never gets this far.
-        raise httpx.RemoteProtocolError(  # pragma: no cover
-            "bytes beyond the response", request=request
-        )
-
-    async def next_event(self, request: httpx.Request, read_timeout: float | None) -> h11.Event:
-        """The next response event h11 parses, waiting for bytes at most ``read_timeout``
-        seconds each time none are buffered."""
-        while True:
-            event = self.buffered_event(request)
-            if event is not None:
-                return event
-            waiter = self.loop.create_future()
-            self._waiter = waiter
-            handle = (
-                self.loop.call_later(read_timeout, _expire, waiter)
-                if read_timeout is not None
-                else None
+                )
+            raise httpx.RemoteProtocolError(
+                f"the server closed the connection before the end of {where}", request=request
             )
-            try:
-                woken = await waiter
-            finally:
-                self._waiter = None
-                if handle is not None:
-                    handle.cancel()
-            if not woken:
-                raise httpx.ReadTimeout("timed out reading the response", request=request)
+
+    async def wait(self, request: httpx.Request, read_timeout: float | None) -> None:
+        """Wait for the next bytes of the response (or its end), at most ``read_timeout``."""
+        self.check(request)
+        waiter = self.loop.create_future()
+        self._waiter = waiter
+        handle = (
+            self.loop.call_later(read_timeout, _expire, waiter)
+            if read_timeout is not None
+            else None
+        )
+        try:
+            woken = await waiter
+        finally:
+            self._waiter = None
+            if handle is not None:
+                handle.cancel()
+        if not woken:
+            raise httpx.ReadTimeout("timed out reading the response", request=request)
+
+    def take(self) -> list[bytes]:
+        """The body bytes read so far and not yet handed over."""
+        parts = self.parts
+        self.parts = []
+        return parts
 
     def _reason(self) -> str:
         return type(self.error).__name__ if self.error is not None else "closed by the server"
@@ -443,10 +712,9 @@ class _Pool:
                 return waiter
         return None
 
-    def expiry(self, headers: Iterable[tuple[bytes, bytes]]) -> float:
-        """How long a connection may sit idle after this response: ``keepalive_expiry``, cut to
-        a second less than the server's own ``Keep-Alive: timeout`` when it announces one."""
-        announced = _keep_alive_timeout(headers)
+    def expiry(self, announced: float | None) -> float:
+        """How long a connection may sit idle after a response: ``keepalive_expiry``, cut to a
+        second less than the server's own ``Keep-Alive: timeout`` when it announced one."""
         return self._expiry if announced is None else min(self._expiry, announced - 1.0)
 
     async def aclose(self) -> None:
@@ -467,26 +735,24 @@ def _time_out(waiter: asyncio.Future[_Connection | _Wait | None]) -> None:
 
 def _finish(pool: _Pool, connection: _Connection, *, complete: bool) -> None:
     """Hand a connection back after its response: kept for the next request only when the
-    exchange completed cleanly both ways and nothing is left unread."""
+    exchange completed cleanly, the server allows it, and nothing is left unread."""
     connection.busy = False
-    state = connection.h11
     reuse = (
         complete
-        and state.our_state is h11.DONE
-        and state.their_state is h11.DONE
-        and not any(state.trailing_data)
+        and connection.phase == _DONE
+        and connection.keep
+        and not connection.closed
         and not connection.stray
     )
+    connection.phase = _IDLE
     if reuse:
-        state.start_next_cycle()
-        connection.idle_until = time.monotonic() + connection.expiry
+        connection.idle_until = time.monotonic() + pool.expiry(connection.keep_alive_timeout)
     pool.release(connection, reuse=reuse)
 
 
 class _Body(httpx.AsyncByteStream):
-    """A response body still arriving: the chunks already parsed, then the rest as it comes.
-    The connection goes back to the pool when the body ends, or is closed if it is left
-    unfinished."""
+    """A response body still arriving: what was read, then the rest as it comes. The connection
+    goes back to the pool when the body ends, or is closed if it is left unfinished."""
 
     def __init__(
         self,
@@ -494,13 +760,11 @@ class _Body(httpx.AsyncByteStream):
         connection: _Connection,
         request: httpx.Request,
         read_timeout: float | None,
-        parsed: list[bytes],
     ) -> None:
         self._pool = pool
         self._connection: _Connection | None = connection
         self._request = request
         self._timeout = read_timeout
-        self._parsed = parsed
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         connection = self._connection
@@ -508,16 +772,16 @@ class _Body(httpx.AsyncByteStream):
             raise httpx.StreamClosed()
         complete = False
         try:
-            for chunk in self._parsed:
-                yield chunk
-            self._parsed = []
             while True:
-                event = await connection.next_event(self._request, self._timeout)
-                if isinstance(event, h11.Data):
-                    yield bytes(event.data)
-                elif isinstance(event, h11.EndOfMessage):
+                parts = connection.take()
+                if parts:
+                    for part in parts:
+                        yield part
+                    continue  # more may have come, or the end, while the reader held a part
+                if connection.done:
                     complete = True
                     break
+                await connection.wait(self._request, self._timeout)
         finally:
             self._release(complete=complete)
 
@@ -529,6 +793,71 @@ class _Body(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         self._release(complete=False)
+
+
+def _encode_head(request: httpx.Request) -> tuple[bytes, int | None, bool, bool]:
+    """The request's head as bytes, checked (no CR, LF or NUL smuggled into a header), with the
+    body's framing its headers declare: (head, Content-Length, chunked, ``Connection: close``)."""
+    raw = request.headers.raw
+    lines = [
+        b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii", "replace"), request.url.raw_path)
+    ]
+    length: int | None = None
+    chunked = False
+    close = False
+    host = False
+    for name, value in raw:
+        if _NAME.fullmatch(name) is None:
+            raise httpx.LocalProtocolError(f"an invalid header name {name!r}", request=request)
+        lines.append(b"%s: %s\r\n" % (name, value))
+        lower = name.lower()
+        if lower == b"content-length":
+            if not (value.isdigit() and (length is None or int(value) == length)):
+                raise httpx.LocalProtocolError(
+                    f"an invalid Content-Length {value!r}", request=request
+                )
+            length = int(value)
+        elif lower == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":
+                raise httpx.LocalProtocolError(
+                    f"unsupported Transfer-Encoding {value!r}", request=request
+                )
+            chunked = True
+        elif lower == b"connection":
+            close = any(token.strip().lower() == b"close" for token in value.split(b","))
+        elif lower == b"host":
+            host = True
+    if not host:  # RFC 9112 §3.2: every HTTP/1.1 request names its host
+        raise httpx.LocalProtocolError("a request without a Host header", request=request)
+    lines.append(b"\r\n")
+    head = b"".join(lines)
+    # A line break inside a value would pass the pattern as two fields: count the lines too.
+    if _REQUEST_HEAD.fullmatch(head) is None or head.count(b"\n") != len(lines):
+        raise httpx.LocalProtocolError(
+            "a request line or header field with a character HTTP does not allow",
+            request=request,
+        )
+    if chunked and length is not None:
+        raise httpx.LocalProtocolError("both Transfer-Encoding and Content-Length", request=request)
+    return head, length, chunked, close
+
+
+def _framed(
+    request: httpx.Request, head: bytes, content: bytes, length: int | None, chunked: bool
+) -> list[bytes]:
+    """A whole request, head and body, framed and checked before any of it is written."""
+    if chunked:
+        if not content:
+            return [head + b"0\r\n\r\n"]
+        return [b"%s%x\r\n%s\r\n0\r\n\r\n" % (head, len(content), content)]
+    if len(content) != (length or 0):
+        raise httpx.LocalProtocolError(
+            f"a body of {len(content)} bytes does not match its Content-Length ({length})",
+            request=request,
+        )
+    if len(content) < _JOIN_BELOW:  # one write, one segment for a small request
+        return [head + content]
+    return [head, content]
 
 
 class AsyncStreamTransport(httpx.AsyncBaseTransport):
@@ -564,7 +893,10 @@ class AsyncStreamTransport(httpx.AsyncBaseTransport):
         self._limit = max_connections
         self._expiry = float(keepalive_expiry)
         self._pools: dict[tuple[str, str, int], _Pool] = {}
-        self._heads: dict[tuple[str, bytes, tuple[tuple[bytes, bytes], ...]], h11.Request] = {}
+        self._heads: dict[
+            tuple[str, bytes, tuple[tuple[bytes, bytes], ...]],
+            tuple[bytes, int | None, bool, bool],
+        ] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -580,55 +912,50 @@ class AsyncStreamTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._closed:
             raise RuntimeError("the transport is closed")
-        head = self._head(request)
+        # Everything that can be refused is refused before a connection is taken.
+        head, length, chunked, close = self._head(request)
+        try:
+            whole: list[bytes] | None = _framed(request, head, request.content, length, chunked)
+        except httpx.RequestNotRead:
+            whole = None
         pool = self._pool(request)
         timeouts: Mapping[str, float | None] = request.extensions.get("timeout", {})
         loop = asyncio.get_running_loop()
         connection = pool.idle(loop) or await pool.acquire(loop, request, timeouts)
-        connection.busy = True
+        connection.begin(request.method == "HEAD")
         read_timeout = timeouts.get("read")
         try:
-            try:
-                content: bytes | None = request.content
-            except httpx.RequestNotRead:
-                content = None
-            if content is None:
-                await connection.write_stream(head, request, timeouts.get("write"))
+            if whole is None:
+                await connection.write_stream(head, request, length, chunked, timeouts.get("write"))
             else:
-                connection.write(head, content, request)
+                for piece in whole:
+                    connection.transport.write(piece)
             if connection.blocked:
                 await connection.drained(request, timeouts.get("write"))
-            while True:
-                event = await connection.next_event(request, read_timeout)
-                if isinstance(event, h11.Response):
-                    break
-                # InformationalResponse (1xx) events are skipped.
-            # The body parsed as far as it has arrived: usually all of it, so the connection
-            # goes back at once and no stream is left to await.
-            parsed: list[bytes] = []
-            complete = False
-            while (part := connection.buffered_event(request)) is not None:
-                if isinstance(part, h11.Data):
-                    parsed.append(bytes(part.data))
-                elif isinstance(part, h11.EndOfMessage):
-                    complete = True
-                    break
+            while not connection.has_head:
+                await connection.wait(request, read_timeout)
+            if not connection.done:
+                connection.check(request)
         except BaseException:
             _finish(pool, connection, complete=False)
             raise
-        connection.expiry = pool.expiry(event.headers)
-        headers = event.headers.raw_items()
-        extensions = {"http_version": _HTTP_VERSION, "reason_phrase": event.reason}
-        if not complete:
-            stream = _Body(pool, connection, request, read_timeout, parsed)
+        if close:
+            connection.keep = False
+        extensions = {"http_version": connection.version, "reason_phrase": connection.reason}
+        if not connection.done:
             return httpx.Response(
-                event.status_code, headers=headers, stream=stream, extensions=extensions
+                connection.status,
+                headers=connection.headers,
+                stream=_Body(pool, connection, request, read_timeout),
+                extensions=extensions,
             )
+        parts = connection.take()
+        status, headers = connection.status, connection.headers
         _finish(pool, connection, complete=True)
         response = httpx.Response(
-            event.status_code,
+            status,
             headers=headers,
-            stream=httpx.ByteStream(b"".join(parsed)),
+            stream=httpx.ByteStream(parts[0] if len(parts) == 1 else b"".join(parts)),
             extensions=extensions,
         )
         # Read here, as httpx does for a body given whole (``content=``): the client's own
@@ -657,6 +984,18 @@ class AsyncStreamTransport(httpx.AsyncBaseTransport):
             )
         return pool
 
+    def _head(self, request: httpx.Request) -> tuple[bytes, int | None, bool, bool]:
+        """The request's head, checked and encoded by :func:`_encode_head` once per distinct
+        head: a client sends the same few over and over, and the checks are half its cost."""
+        key = (request.method, request.url.raw_path, tuple(request.headers.raw))
+        head = self._heads.get(key)
+        if head is None:
+            head = _encode_head(request)
+            if len(self._heads) >= _HEADS_KEPT:
+                self._heads.clear()
+            self._heads[key] = head
+        return head
+
     def _ssl_context(self) -> ssl.SSLContext:
         """The TLS settings, made once: loading the roots costs tens of milliseconds, which
         a client that only speaks http (tests, the emulator) need not pay."""
@@ -667,25 +1006,6 @@ class AsyncStreamTransport(httpx.AsyncBaseTransport):
                 self._ssl = httpx.create_ssl_context(verify=self._verify)
                 self._ssl.set_alpn_protocols(["http/1.1"])
         return self._ssl
-
-    def _head(self, request: httpx.Request) -> h11.Request:
-        """The request's head as an h11 event, validated by h11 (no CR, LF or NUL smuggled into
-        a header). A client sends the same few heads over and over, and h11's checks cost a
-        third of a request's parsing, so each distinct head is checked once and its event
-        reused: h11 never changes an event."""
-        target = request.url.raw_path
-        raw = request.headers.raw
-        key = (request.method, target, tuple(raw))
-        event = self._heads.get(key)
-        if event is None:
-            try:
-                event = h11.Request(method=request.method, target=target, headers=raw)
-            except h11.LocalProtocolError as exc:
-                raise httpx.LocalProtocolError(str(exc), request=request) from exc
-            if len(self._heads) >= _HEADS_KEPT:
-                self._heads.clear()
-            self._heads[key] = event
-        return event
 
     async def aclose(self) -> None:
         self._closed = True

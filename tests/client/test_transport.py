@@ -373,6 +373,256 @@ def test_informational_responses_are_skipped_and_head_has_no_body(server: Server
     assert server.per_connection() == [2]
 
 
+# -- the reader: every framing, and what it refuses ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "body", "kept"),
+    [
+        (b"HTTP/1.1 204 No Content\r\n\r\n", b"", True),
+        (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", b"", True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok", b"ok", True),
+        (b"HTTP/1.1 200\r\ncontent-length:2   \r\n\r\nok", b"ok", True),
+        (
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n"
+                b"2;name=value\r\nok\r\nA\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\n"
+            ),
+            b"ok0123456789",
+            True,
+        ),
+        (b"HTTP/1.1 200 OK\r\nX-Empty:\r\nContent-Length: 0\r\n\r\n", b"", True),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", b"ok", False),
+        (b"HTTP/1.1 200 OK\r\nConnection: x, Close\r\nContent-Length: 2\r\n\r\nok", b"ok", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA", b"ok", False),
+    ],
+    ids=["204", "304", "repeated-length", "no-reason", "chunked", "empty", "1.0", "close", "extra"],
+)
+def test_each_framing_reads_the_body_and_decides_reuse(
+    server: Server, message: bytes, body: bytes, kept: bool
+) -> None:
+    server.answer = lambda _seen: Answer((message,))
+
+    async def scenario() -> list[bytes]:
+        async with client(server.url) as http:
+            return [(await http.get("/")).content for _ in range(2)]
+
+    assert run(scenario()) == [body, body]
+    assert server.per_connection() == ([2] if kept else [1, 1])
+
+
+def test_a_body_without_a_length_ends_when_the_server_closes(server: Server) -> None:
+    message = b"HTTP/1.1 200 OK\r\n\r\nuntil the end"
+    server.answer = lambda _seen: Answer((message[:30], message[30:]), gap=0.05, then="close")
+
+    async def scenario() -> list[bytes]:
+        async with client(server.url) as http:
+            return [(await http.get("/")).content for _ in range(2)]
+
+    assert run(scenario()) == [b"until the end"] * 2
+    assert server.per_connection() == [1, 1]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: a\nX-B: b\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\nok",
+        b"HTTP/2 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"ICY 200 OK\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXX0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nbad trailer\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1" * 5000,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: "
+        + b"a" * 70_000
+        + b"\r\n\r\n",
+    ],
+    ids=[
+        "obs-fold",
+        "space-before-colon",
+        "nul",
+        "bare-lf",
+        "both-framings",
+        "other-coding",
+        "conflicting-list",
+        "conflicting-headers",
+        "negative",
+        "http-2",
+        "not-http",
+        "upgrade",
+        "bad-chunk-size",
+        "chunk-without-crlf",
+        "bad-trailer",
+        "head-over-64k",
+        "chunk-line-over-4k",
+        "trailer-over-64k",
+    ],
+)
+def test_a_malformed_reply_is_a_protocol_error_never_not_sent(
+    server: Server, message: bytes
+) -> None:
+    """What the reader does not accept after the request left is an unknown outcome (the
+    engine then asks ECPay), and the connection is never reused."""
+    server.answer = lambda _seen: Answer((message,))
+
+    async def scenario() -> None:
+        async with client(server.url) as http:
+            with pytest.raises(httpx.RemoteProtocolError) as caught:
+                await http.post("/", content=b"refund")
+            assert not isinstance(caught.value, NOT_SENT)
+            server.answer = ok_answer
+            assert (await http.post("/", content=b"again")).content == b"ok"
+
+    run(scenario())
+    assert [seen.body for seen in server.seen] == [b"refund", b"again"]
+    assert server.per_connection() == [1, 1]
+
+
+@pytest.mark.parametrize("cut", [5, 20, 45, 60], ids=["status", "header", "chunk-size", "chunk"])
+def test_a_server_closing_mid_reply_is_never_not_sent(server: Server, cut: int) -> None:
+    message = chunked([b"a" * 30, b"b" * 30], headers=("X-Pad: 1",))
+    server.answer = lambda _seen: Answer((message[:cut],), then="close")
+
+    async def scenario() -> None:
+        async with client(server.url) as http:
+            with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)) as caught:
+                await http.post("/", content=b"refund")
+            assert not isinstance(caught.value, NOT_SENT)
+
+    run(scenario())
+    assert [seen.body for seen in server.seen] == [b"refund"]
+
+
+def test_a_reply_split_at_any_byte_is_read_whole(server: Server) -> None:
+    message = chunked([b"one", b"two"], headers=("Connection: keep-alive", "X-Pad: a b")).replace(
+        b"0\r\n\r\n", b"0\r\nX-Trailer: 1\r\n\r\n"
+    )
+    cuts = iter(range(1, len(message)))
+    server.answer = lambda _seen: (
+        Answer((message[:cut], message[cut:]), gap=0.002) if (cut := next(cuts, 0)) else Answer()
+    )
+
+    async def scenario() -> None:
+        async with client(server.url) as http:
+            for _ in range(len(message) - 1):
+                assert (await http.get("/")).content == b"onetwo"
+
+    run(scenario())
+    assert server.per_connection() == [len(message) - 1]
+
+
+def test_a_request_framed_by_its_own_transfer_encoding(server: Server) -> None:
+    server.answer = lambda seen: Answer((reply(seen.body),))
+
+    async def scenario() -> None:
+        transport = AsyncStreamTransport()
+        async with client(server.url, transport) as http:
+            # httpx adds a Content-Length to a body given whole: two framings, refused.
+            with pytest.raises(httpx.LocalProtocolError, match="both"):
+                await http.post("/", content=b"x", headers={"Transfer-Encoding": "chunked"})
+            with pytest.raises(httpx.LocalProtocolError, match="Transfer-Encoding"):
+                await http.post("/", content=b"x", headers={"Transfer-Encoding": "gzip"})
+            assert server.connections == 0
+            for body in (b"abc", b""):
+                request = httpx.Request(
+                    "POST",
+                    f"{server.url}/",
+                    headers={"Host": f"127.0.0.1:{server.port}", "Transfer-Encoding": "chunked"},
+                    stream=httpx.ByteStream(body),
+                )
+                await request.aread()  # a whole body, framed as chunked
+                response = await transport.handle_async_request(request)
+                assert (await response.aread()) == body
+            with pytest.raises(httpx.LocalProtocolError, match="Host"):
+                await transport.handle_async_request(
+                    httpx.Request("GET", server.url, stream=httpx.ByteStream(b""))
+                )
+
+    run(scenario())
+    assert [seen.headers["transfer-encoding"] for seen in server.seen] == ["chunked"] * 2
+
+
+def test_a_body_read_slowly_loses_nothing_that_came_meanwhile(server: Server) -> None:
+    message = chunked([b"first", b"second", b"third"])
+    head = message.index(b"\r\n\r\n") + 4
+    # The head and the first chunk, then the rest while the reader sleeps on that chunk.
+    server.answer = lambda _seen: Answer((message[: head + 10], message[head + 10 :]), gap=0.05)
+
+    async def scenario() -> list[bytes]:
+        async with client(server.url) as http:
+            chunks = []
+            async with http.stream("GET", "/") as response:
+                async for chunk in response.aiter_raw():
+                    chunks.append(chunk)
+                    await asyncio.sleep(0.2)  # the rest, and the end, arrive meanwhile
+            assert (await http.get("/")).content == b"firstsecondthird"
+            return chunks
+
+    assert b"".join(run(scenario())) == b"firstsecondthird"
+    assert server.per_connection() == [2]
+
+
+def test_a_streamed_request_body_with_a_content_length_is_sent_as_is(server: Server) -> None:
+    server.answer = lambda seen: Answer((reply(seen.body),))
+
+    def body(*parts: bytes) -> Callable[[], AsyncIterator[bytes]]:
+        async def stream() -> AsyncIterator[bytes]:
+            for part in parts:
+                yield part
+
+        return stream
+
+    async def scenario() -> None:
+        async with client(server.url) as http:
+            headers = {"Content-Length": "6"}
+            response = await http.post("/", content=body(b"abc", b"def")(), headers=headers)
+            assert response.content == b"abcdef"
+            for short_or_long in (body(b"abc"), body(b"abc", b"defg")):
+                with pytest.raises(httpx.LocalProtocolError):
+                    await http.post("/", content=short_or_long(), headers=headers)
+
+    run(scenario())
+    assert server.seen[0].headers["content-length"] == "6"
+    assert "transfer-encoding" not in server.seen[0].headers
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Bad Name": "x"}, {"X-Bad": "a\rb"}, {"X-Bad": "a\x00b"}, {"Content-Length": "nope"}],
+    ids=["name", "cr", "nul", "length"],
+)
+def test_a_request_head_http_does_not_allow_is_refused_before_connecting(
+    server: Server, headers: dict[str, str]
+) -> None:
+    async def scenario() -> None:
+        async with client(server.url) as http:
+            with pytest.raises(httpx.LocalProtocolError):
+                await http.post("/", content=b"x", headers=headers)
+
+    run(scenario())
+    assert server.connections == 0
+
+
+def test_a_request_that_asks_to_close_is_not_kept(server: Server) -> None:
+    async def scenario() -> None:
+        async with client(server.url) as http:
+            await http.get("/", headers={"Connection": "close"})
+            await http.get("/")
+
+    run(scenario())
+    assert server.per_connection() == [1, 1]
+
+
 # -- keep-alive --------------------------------------------------------------------------------
 
 
@@ -471,6 +721,32 @@ def test_an_idle_connection_expires_after_keepalive_expiry(server: Server) -> No
 
     run(scenario())
     assert server.per_connection() == [2, 1]
+
+
+def test_a_post_on_a_kept_alive_connection_the_server_drops_is_never_sent_again(
+    server: Server,
+) -> None:
+    """The server reads the second request on a kept-alive connection and closes it without a
+    reply (as a server closing an idle connection just as a request arrives does). The request
+    may have been acted on: it is an unknown outcome, never retried on a fresh connection."""
+
+    def answer(seen: Seen) -> Answer:
+        if seen.body == b"first":
+            return Answer((reply(),))
+        return Answer((), then="close")
+
+    server.answer = answer
+
+    async def scenario() -> None:
+        async with client(server.url) as http:
+            assert (await http.post("/", content=b"first")).content == b"ok"
+            with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)) as caught:
+                await http.post("/", content=b"do-action")
+            assert not isinstance(caught.value, NOT_SENT)
+
+    run(scenario())
+    assert [seen.body for seen in server.seen] == [b"first", b"do-action"]
+    assert server.per_connection() == [2]
 
 
 # -- failures and how they read ----------------------------------------------------------------
