@@ -17,6 +17,7 @@ import inspect
 import json
 import logging
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Final, NoReturn, SupportsIndex, TypeVar, cast
 
@@ -37,6 +38,7 @@ from ._journal import AsyncJournal, Journal, is_async_journal
 from ._models import Action, Intent, OrderSnapshot, PaymentKind, check_order_number
 from ._outcome import Outcome, Reconciliation, SweepReport, Verdict
 from ._protocol import PRODUCTION_URL, Credentials, DoActionReply, WireRequest
+from ._transport import AsyncStreamTransport
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -108,6 +110,14 @@ def _check_limit(max_connections: object) -> httpx.Limits:
         max_keepalive_connections=max_connections,
         keepalive_expiry=KEEPALIVE_EXPIRY,
     )
+
+
+def _proxied(base_url: str) -> bool:
+    """Whether the environment names a proxy httpx would consider for ``base_url``
+    (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``; httpx itself then applies ``NO_PROXY``)."""
+    scheme = urllib.parse.urlsplit(base_url).scheme
+    proxies = urllib.request.getproxies()
+    return bool(proxies.get(scheme) or proxies.get("all"))
 
 
 def _body(request: WireRequest) -> bytes:
@@ -436,7 +446,9 @@ class AsyncClient(_Shell):
     """The asyncio twin of :class:`Client`: the same methods and decisions, awaited.
 
     ``max_connections`` bounds the pool; calls beyond it wait for a connection (up to the
-    timeout), so size it to the concurrency you run. Close with :meth:`aclose` or
+    timeout), so size it to the concurrency you run. Without ``transport=`` the connections are
+    :class:`AsyncStreamTransport`'s, kept alive ``KEEPALIVE_EXPIRY`` seconds (httpx's own
+    transport when the environment names a proxy). Close with :meth:`aclose` or
     ``async with``. Order locks are awaited without blocking the event loop, and exclude the
     threads and other loops that share the journal too.
     """
@@ -474,6 +486,13 @@ class AsyncClient(_Shell):
             raise InvalidArgumentType(
                 f"transport must be an httpx.AsyncBaseTransport, not {type(transport).__name__}"
             )
+        if transport is None and not _proxied(self._base_url):
+            # Our own HTTP/1.1 transport: a third of httpcore's CPU a request over a socket
+            # (benchmarks/bench_wire.py). Behind a proxy httpx's own transport is left in place,
+            # since only it speaks to proxies.
+            transport = AsyncStreamTransport(
+                max_connections=max_connections, keepalive_expiry=KEEPALIVE_EXPIRY
+            )
         self._http = httpx.AsyncClient(
             base_url=self._base_url,
             transport=transport,
@@ -486,6 +505,7 @@ class AsyncClient(_Shell):
         # than the requests; benchmarks/bench_wire.py). The wait has the pool's timeout.
         self._slots = asyncio.Semaphore(self._limits.max_connections or DEFAULT_MAX_CONNECTIONS)
         self._pool_wait = self._timeout.pool
+        self._urls: dict[str, httpx.URL] = {}
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -524,18 +544,30 @@ class AsyncClient(_Shell):
             flow.close()
 
     async def _post(self, request: WireRequest) -> Reply:
+        slots = self._slots
+        if slots.locked():  # every connection is busy: wait, at most the pool timeout
+            try:
+                async with asyncio.timeout(self._pool_wait):
+                    await slots.acquire()
+            except TimeoutError:
+                raise httpx.PoolTimeout(
+                    f"no connection to ECPay free within {self._pool_wait} s (max_connections)"
+                ) from None
+        else:
+            await slots.acquire()  # free: returns at once, no timer to arm
         try:
-            async with asyncio.timeout(self._pool_wait):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise httpx.PoolTimeout(
-                f"no connection to ECPay free within {self._pool_wait} s (max_connections)"
-            ) from None
-        try:
-            response = await self._http.post(request.path, content=_body(request))
+            response = await self._http.post(self._url(request.path), content=_body(request))
         finally:
-            self._slots.release()
+            slots.release()
         return Reply(response.status_code, response.content)
+
+    def _url(self, path: str) -> httpx.URL:
+        """The absolute URL of one of ECPay's few paths, parsed once: httpx parses a relative
+        URL and merges it with the base on every request, two thirds of building one."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self._base_url + path)
+        return url
 
     async def _drive_locked(self, merchant_trade_no: str, flow: Flow[_T]) -> _T:
         async with self.journal.locks.ahold(*self._lock_key(merchant_trade_no)):

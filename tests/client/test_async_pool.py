@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from ecpay_lifecycle import TAIPEI, AsyncClient, Credentials, PaymentKind, TransportError
 from ecpay_lifecycle._client import KEEPALIVE_EXPIRY
+from ecpay_lifecycle._transport import AsyncStreamTransport
 from ecpay_lifecycle.emulator import Emulator
 
 MID = "3002607"
@@ -95,10 +96,48 @@ def test_a_call_that_waits_longer_than_the_pool_timeout_sends_nothing() -> None:
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
-def test_idle_connections_are_kept_for_a_shops_sparse_calls() -> None:
+def test_idle_connections_are_kept_for_a_shops_sparse_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
     emulator, _ = world()
-    client = AsyncClient(Credentials(MID, KEY, IV), clock=emulator.clock)
-    limits = client._limits  # the pool's settings, as given to httpx
+    client = AsyncClient(Credentials(MID, KEY, IV), clock=emulator.clock, max_connections=4)
+    limits = client._limits  # the pool's settings, as given to httpx (used behind a proxy)
     assert limits.keepalive_expiry == KEEPALIVE_EXPIRY >= 30
-    assert limits.max_keepalive_connections == limits.max_connections
+    assert limits.max_keepalive_connections == limits.max_connections == 4
+    transport = client._http._transport  # the default: every connection kept as long
+    assert isinstance(transport, AsyncStreamTransport)
+    assert repr(transport) == (
+        f"AsyncStreamTransport(max_connections=4, keepalive_expiry={KEEPALIVE_EXPIRY})"
+    )
     asyncio.run(client.aclose())
+
+
+def test_requests_go_to_the_base_urls_path() -> None:
+    """Each path's URL is built once from ``base_url``, a prefix (a proxy's) included."""
+    emulator, trade_no = world()
+    urls: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        urls.append(str(request.url))
+        return await emulator.async_handler(request)
+
+    async def scenario() -> None:
+        async with AsyncClient(
+            Credentials(MID, KEY, IV),
+            base_url="https://proxy.example/ecpay/",
+            transport=httpx.MockTransport(handler),
+            clock=emulator.clock,
+        ) as client:
+            for _ in range(2):
+                await client.query("A1", trade_no=trade_no, kind=PaymentKind.ONE_TIME)
+            await client.query("A1")
+
+    asyncio.run(scenario())
+    assert urls == [
+        "https://proxy.example/ecpay/1.0.0/CreditDetail/QueryTrade",
+        "https://proxy.example/ecpay/1.0.0/CreditDetail/QueryTrade",
+        "https://proxy.example/ecpay/1.0.0/Cashier/QueryTrade",
+        "https://proxy.example/ecpay/1.0.0/CreditDetail/QueryTrade",
+    ]

@@ -1,4 +1,5 @@
-"""AsyncStreamTransport (issue 12 item 5) against real servers on 127.0.0.1.
+"""AsyncStreamTransport (issue 12 item 5), AsyncClient's default transport, against real
+servers on 127.0.0.1.
 
 The servers run in threads and read each request with h11; what they answer is written byte by
 byte by each test (framing, pauses, closes and resets), and they count connections and requests,
@@ -39,10 +40,12 @@ from ecpay_lifecycle import (
     ConfigurationError,
     Credentials,
     InvalidArgumentType,
+    OutcomeUnknown,
+    PaymentKind,
     State,
 )
 from ecpay_lifecycle._transport import AsyncStreamTransport
-from ecpay_lifecycle.emulator import Emulator, Fault, serving
+from ecpay_lifecycle.emulator import Emulator, Endpoint, EventKind, Fault, serving
 
 #: What the engine reads as "provably not sent" (``_engine._NOT_SENT``).
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
@@ -1363,3 +1366,121 @@ def test_a_refund_through_async_client_over_the_transport_moves_money_once() -> 
     ]
     assert emulator.snapshot(merchant, "A1").state is State.TO_CLOSE
     assert emulator.order(merchant, "B2").refunded_total == 200
+
+
+# -- AsyncClient's default transport over real HTTP --------------------------------------------
+
+MERCHANT, KEY, IV = "3002607", "TransportKey0016", "TransportIv00016"
+
+
+def served_world() -> Emulator:
+    emulator = Emulator(now=dt.datetime(2026, 8, 3, 10, 0, tzinfo=TAIPEI))
+    emulator.add_merchant(MERCHANT, KEY, IV, balance=10**9)
+    for order in ("A1", "B2", "C3"):
+        emulator.authorize(MERCHANT, order, 1000)
+    return emulator
+
+
+def do_actions_received(emulator: Emulator, order: str) -> int:
+    return sum(
+        1
+        for event in emulator.events
+        if event.kind is EventKind.REQUEST
+        and event.endpoint is Endpoint.DO_ACTION
+        and event.merchant_trade_no == order
+    )
+
+
+def test_async_client_uses_this_transport_unless_a_proxy_is_configured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    credentials = Credentials(MERCHANT, KEY, IV)
+
+    async def transport_of(**kwargs: Any) -> httpx.AsyncBaseTransport:
+        async with AsyncClient(credentials, **kwargs) as ecpay:
+            return ecpay._http._transport
+
+    own = run(transport_of(max_connections=3))
+    assert isinstance(own, AsyncStreamTransport)
+    assert repr(own) == "AsyncStreamTransport(max_connections=3, keepalive_expiry=60.0)"
+    # Behind a proxy, httpx's own transport (the only one that speaks to proxies) stays.
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    assert not isinstance(run(transport_of()), AsyncStreamTransport)
+    plain = run(transport_of(base_url="http://127.0.0.1:9"))
+    assert isinstance(plain, AsyncStreamTransport)  # the proxy named is for https only
+    # A transport given is used as it is.
+    mock = httpx.MockTransport(lambda _request: httpx.Response(500))
+    assert run(transport_of(transport=mock)) is mock
+
+
+def test_a_do_action_whose_reply_is_cut_off_is_settled_by_a_query_not_sent_again() -> None:
+    """ECPay applies the refund and the connection drops halfway through the reply: the
+    DoAction left once, and the engine learns its outcome by asking."""
+    emulator = served_world()
+
+    async def scenario(base_url: str) -> None:
+        async with AsyncClient(
+            Credentials(MERCHANT, KEY, IV), base_url=base_url, clock=emulator.clock
+        ) as ecpay:
+            await ecpay.capture("A1")
+            emulator.faults.inject(Fault.LOST_REPLY, action=Action.REFUND)
+            outcome = await ecpay.refund("A1", 300)
+            assert outcome.refunded == 300
+            assert outcome.steps_done[-1].recovered
+
+    with serving(emulator) as base_url:
+        run(scenario(base_url))
+    assert do_actions_received(emulator, "A1") == 2  # the capture, and the refund once
+    assert emulator.order(MERCHANT, "A1").refunded_total == 300
+
+
+def test_a_do_action_that_times_out_is_unknown_and_never_sent_again() -> None:
+    """The server holds the DoAction past the read timeout: the outcome is unknown (the query
+    inside the fence cannot prove it not done), and nothing was sent a second time."""
+    emulator = served_world()
+
+    async def scenario(base_url: str) -> None:
+        async with AsyncClient(
+            Credentials(MERCHANT, KEY, IV),
+            base_url=base_url,
+            clock=emulator.clock,
+            timeout=httpx.Timeout(5.0, read=0.3),
+        ) as ecpay:
+            emulator.faults.inject(Fault.READ_TIMEOUT_BEFORE_APPLY, action=Action.CLOSE, seconds=1)
+            with pytest.raises(OutcomeUnknown):
+                await ecpay.capture("B2", kind=PaymentKind.ONE_TIME)
+
+    with serving(emulator) as base_url:
+        run(scenario(base_url))
+    assert do_actions_received(emulator, "B2") == 1
+    assert emulator.applied_do_actions(MERCHANT) == ()
+
+
+def test_a_cancelled_call_releases_its_connection() -> None:
+    emulator = served_world()
+
+    async def scenario(base_url: str) -> None:
+        async with AsyncClient(
+            Credentials(MERCHANT, KEY, IV),
+            base_url=base_url,
+            clock=emulator.clock,
+            max_connections=1,
+        ) as ecpay:
+            transport = ecpay._http._transport
+            assert isinstance(transport, AsyncStreamTransport)
+            emulator.faults.inject(Fault.DELAY, endpoint=Endpoint.CREDIT_DETAIL, seconds=2)
+            slow = asyncio.create_task(ecpay.query("C3", kind=PaymentKind.ONE_TIME))
+            await asyncio.sleep(0.3)
+            slow.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await slow
+            assert transport.connections == 0  # dropped: its reply was never read
+            snapshot = await asyncio.wait_for(ecpay.query("C3", kind=PaymentKind.ONE_TIME), 5)
+            assert snapshot.amount == 1000
+            assert transport.connections == 1
+
+    with serving(emulator) as base_url:
+        run(scenario(base_url))
