@@ -95,7 +95,10 @@ def test_the_kit_holds_under_faults_and_settles_what_is_unknown(
     machine: type[LifecycleMachine],
 ) -> None:
     reached: Reached = collections.Counter()
-    _run(_collecting(machine, reached), examples=80, steps=20)
+    # 200 runs, not 80: hypothesis draws integers partly from constants it reads in the code
+    # under test, so moving code between modules shifts what it draws; at 80 runs a refactor of
+    # the emulator (63723de) left the machine meeting no TransportError at all.
+    _run(_collecting(machine, reached), examples=200, steps=20)
     answers = {key[2] for key in reached if key[0] == "under faults"}
     # Right answers under faults: unknown, locked, and the plain errors of a failed request.
     assert {"OutcomeUnknown", "OrderLocked", "TransportError"} <= answers, answers
