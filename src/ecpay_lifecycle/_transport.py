@@ -146,7 +146,6 @@ class _Connection(asyncio.Protocol):
         "_drain",
         "_head_only",
         "_left",
-        "_length",
         "_lost",
         "_paused",
         "_trailer",
@@ -154,7 +153,6 @@ class _Connection(asyncio.Protocol):
         "busy",
         "closed",
         "error",
-        "expiry",
         "failure",
         "fd",
         "headers",
@@ -182,7 +180,6 @@ class _Connection(asyncio.Protocol):
         self.stray = False  # bytes arrived while no response was expected
         self.busy = False
         self.idle_until = 0.0
-        self.expiry = 0.0  # idle seconds allowed after the current response
         self._waiter: asyncio.Future[bool] | None = None
         self._drain: asyncio.Future[bool] | None = None
         self._paused = False
@@ -191,7 +188,6 @@ class _Connection(asyncio.Protocol):
         self.phase = _IDLE
         self._head_only = False
         self._left = 0
-        self._length: int | None = None
         self._trailer = 0
         # The current response, as far as it was read.
         self.failure: str | None = None
@@ -391,6 +387,7 @@ class _Connection(asyncio.Protocol):
         self.busy = True
         self.phase = _HEAD
         self._head_only = head_only
+        self._buffer = b""
         self.failure = None
         self.parts = []
         self._trailer = 0
@@ -419,6 +416,7 @@ class _Connection(asyncio.Protocol):
         close_notify to be answered); then abort."""
         if self.loop.is_closed():
             return  # see abort()
+        self._give_up()
         self.transport.close()
         try:
             await asyncio.wait_for(asyncio.shield(self._lost), grace)
@@ -431,7 +429,16 @@ class _Connection(asyncio.Protocol):
         that loop any more; asyncio releases its socket, with a ResourceWarning, when it is
         collected."""
         if not self.loop.is_closed():
+            self._give_up()
             self.transport.abort()
+
+    def _give_up(self) -> None:
+        """This side closes: a response still being read fails, even one that a close would
+        otherwise end (framed by the server's close, it would look whole)."""
+        if _HEAD <= self.phase < _DONE:
+            self.failure = "the connection was closed by this client"
+            self.phase = _FAILED
+            self._wake(self._waiter)
 
     async def write_stream(
         self,

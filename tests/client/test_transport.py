@@ -414,6 +414,28 @@ def test_each_framing_reads_the_body_and_decides_reuse(
     assert server.per_connection() == ([2] if kept else [1, 1])
 
 
+def test_a_body_ended_by_a_close_is_not_taken_whole_when_this_side_closes(
+    server: Server,
+) -> None:
+    """A body framed by the server's close looks whole when the connection closes: when the
+    transport itself closes it (aclose), the reader fails instead of returning a truncated body."""
+    server.answer = lambda _seen: Answer(
+        (b"HTTP/1.1 200 OK\r\n\r\npart", b"rest"), gap=1.0, then="close"
+    )
+
+    async def scenario() -> None:
+        transport = AsyncStreamTransport()
+        http = client(server.url, transport)
+        response = await http.send(http.build_request("GET", "/"), stream=True)
+        reading = asyncio.create_task(response.aread())
+        await asyncio.sleep(0.1)
+        await transport.aclose()
+        with pytest.raises(httpx.RemoteProtocolError, match="closed by this client"):
+            await reading
+
+    run(scenario())
+
+
 def test_a_body_without_a_length_ends_when_the_server_closes(server: Server) -> None:
     message = b"HTTP/1.1 200 OK\r\n\r\nuntil the end"
     server.answer = lambda _seen: Answer((message[:30], message[30:]), gap=0.05, then="close")
