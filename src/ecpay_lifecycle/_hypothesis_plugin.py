@@ -3,9 +3,9 @@
 Hypothesis calls :func:`_register` when it loads (``[project.entry-points.hypothesis]``), so users
 get the strategy without importing anything. Only hypothesis imports this module.
 
-The strategy is deferred: importing :mod:`ecpay_lifecycle.strategies` imports hypothesis, which
-runs this entry point while ``strategies`` is still half-initialised; resolving it on first use
-breaks that cycle.
+The strategy is deferred: importing :mod:`._value_strategies` imports hypothesis, which runs this
+entry point while ``_value_strategies`` is still half-initialised; resolving it on first use
+breaks that cycle (which runs through hypothesis, not through this package).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ._models import OrderSnapshot
 
 
 def _snapshots() -> st.SearchStrategy[OrderSnapshot]:
-    from .strategies import snapshots  # noqa: PLC0415 - deferred to break the import cycle
+    from ._value_strategies import snapshots  # noqa: PLC0415 - deferred, see the module docstring
 
     return snapshots()
 

@@ -75,17 +75,11 @@ from ._protocol import Credentials
 from ._rules import TAIPEI, in_blackout
 from ._schedules import ScheduledFault, fault_schedules
 from ._value_strategies import refund_requests
-from .emulator import (
-    Emulator,
-    Endpoint,
-    Event,
-    EventKind,
-    Fault,
-    FaultRule,
-    Faults,
-    OrderView,
-    Refusal,
-)
+from .emulator._emulator import Emulator
+from .emulator._events import Event, EventKind
+from .emulator._faults import Endpoint, Fault, FaultRule, Faults
+from .emulator._settings import Refusal
+from .emulator._state import OrderView
 
 __all__ = ["LifecycleMachine"]
 

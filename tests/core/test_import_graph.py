@@ -207,3 +207,70 @@ def test_a_deferred_import_closes_a_circle_and_type_checking_does_not(
             "pkg.sub._b -> pkg.a (line 1, at module level)"
         )
     ]
+
+
+def _public(module: str) -> bool:
+    """A public face: no part of its dotted name below the top package starts with ``_``."""
+    return not any(part.startswith("_") for part in module.split(".")[1:])
+
+
+def faces_imported_by_private_modules(root: pathlib.Path) -> list[str]:
+    """Imports of a public face (the package, ``strategies``, ``emulator``) by a private module:
+    faces re-export, implementations import implementations (house style 13)."""
+    return [
+        str(edge)
+        for source, edges in import_graph(root).items()
+        if not _public(source)
+        for edge in edges
+        if _public(edge.target)
+    ]
+
+
+def underscored_names_taken(root: pathlib.Path) -> list[str]:
+    """``from module import _name`` where ``_name`` is not a module: a reach into another
+    module's privates (type-checking imports included: they are still a dependency)."""
+    modules = module_names(root)
+    found = []
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom) or node.module == "__future__":
+                continue
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                base = f"{base}.{node.module}" if node.module else base
+            else:
+                base = node.module or ""
+            found.extend(
+                f"{name} (line {node.lineno}) takes {alias.name} from {base}"
+                for alias in node.names
+                if alias.name.startswith("_")
+                and not alias.name.startswith("__")
+                and f"{base}.{alias.name}" not in modules
+            )
+    return found
+
+
+def test_private_modules_never_import_a_public_face() -> None:
+    found = faces_imported_by_private_modules(PACKAGE)
+    assert not found, "\n".join(found)
+
+
+def test_no_module_takes_another_modules_underscored_names() -> None:
+    found = underscored_names_taken(PACKAGE)
+    assert not found, "\n".join(found)
+
+
+def test_the_house_rules_see_a_violation(tmp_path: pathlib.Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from ._impl import thing\n")
+    (package / "face.py").write_text("from ._impl import thing\n")
+    (package / "_impl.py").write_text("thing = 1\n_hidden = 2\n")
+    (package / "_user.py").write_text(
+        "from . import _impl\nfrom .face import thing\nfrom ._impl import _hidden\n"
+    )
+    assert faces_imported_by_private_modules(package) == [
+        "pkg._user -> pkg.face (line 2, at module level)"
+    ]
+    assert underscored_names_taken(package) == ["pkg._user (line 3) takes _hidden from pkg._impl"]
