@@ -18,7 +18,9 @@ A money-moving call meets, in order (docs/ecpay-api.md section 9):
    attempt is resolved first by R22; another operation's open attempt refuses with
    :class:`OrderLocked`.
 4. Query first (R4), plan (docs/ecpay-api.md section 8), then per step: record ``SENDING`` (with
-   its fence), send.
+   its fence), read the order's other operations again (:meth:`Engine._recheck`: nothing leaves
+   if another has a step in flight or recorded one since the plan, for a store can lose the
+   order's lock under a live holder), send.
    R21: an intact accepted reply is proof; the step is done and no query overrules it. A step
    after it is planned from a fresh query.
 5. R22: a lost or doubtful reply is settled by a query: reached -> done; anything else ->
@@ -29,6 +31,7 @@ A money-moving call meets, in order (docs/ecpay-api.md section 9):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import logging
@@ -75,6 +78,7 @@ from ._journal import (
     OperationRecord,
     OperationStatus,
 )
+from ._locks import ProcessOrderLocks
 from ._models import (
     Action,
     Intent,
@@ -501,6 +505,9 @@ class Engine:
         self._owner_prefix = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         #: The largest |local clock - ECPay's RpHeader.Timestamp| seen, in seconds (R22).
         self.skew = 0.0
+        #: Whether the journal's order lock stays with its holder until it lets go (see
+        #: _recheck, which it makes redundant).
+        self._lock_holds = _lock_holds(self.journal)
 
     # -- small facts ---------------------------------------------------------------------------
 
@@ -902,6 +909,10 @@ class Engine:
             replay = yield from self._reclaim(run, call)
             if replay is not None:
                 return replay
+            # The order's records, read once and before any query: for the lock check, the
+            # kind, the fresh check, and the baseline every attempt is held against before it
+            # leaves (_recheck). A durable store decodes each record it reads.
+            records = yield from self._for_order(order)
             current: OrderSnapshot | None = None
             attempt = run.record.open_attempt
             if attempt is not None:
@@ -916,16 +927,16 @@ class Engine:
                     yield from _release(run)
                     return outcome_of(run.record, replayed=False)
                 current = observed
-            # The order's records, read once for the lock check, the kind and the fresh check
-            # (a durable store decodes each record it reads).
-            records = yield from self._for_order(order)
+            records = [run.record if r.key == run.record.key else r for r in records]
             blocking = yield from self.unresolved(order, but=run.record.key, records=records)
             if blocking is not None:
                 raise self.locked(order, blocking)
             if current is None:
                 trade_no, kind = yield from self._known(order, call.trade_no, call.kind, records)
+                queried_at = self.now()
                 current = yield from self.query_flow(order, trade_no, kind)
-            yield from self._check_fresh(run, current, records)
+            yield from self._check_fresh(run, current, records, queried_at)
+            baseline = self._baseline(run, records)
             plan = self._plan(call, current)
             run.stage(plan=plan, before=run.record.before or current, final=None)
             _log.info(
@@ -943,6 +954,7 @@ class Engine:
                     amount=step.amount,
                     step=step,
                     before=current,
+                    baseline=baseline,
                 )
                 if reply is None and index + 1 < len(plan.steps):
                     # Settled by a query, not by ECPay's word: the rest must follow from it.
@@ -958,6 +970,81 @@ class Engine:
             raise
         yield from _release(run)
         return outcome_of(run.record, replayed=False)
+
+    @staticmethod
+    def _baseline(run: Run, records: Sequence[OperationRecord]) -> dict[str, int]:
+        """How many attempts each other operation of the order had recorded when the plan was
+        made: what :meth:`_recheck` holds every attempt of the plan against."""
+        return {r.key: len(r.attempts) for r in records if r.key != run.record.key}
+
+    def _recheck(self, run: Run, baseline: Mapping[str, int], attempt: AttemptRecord) -> Flow[None]:
+        """After the attempt is recorded and before it leaves: the order's other operations
+        again (R23 across the keys of one order).
+
+        The order's lock keeps two operations of one order from being between their plan and
+        their send at once, but a store can lose a lock under a holder that still runs (a
+        PostgreSQL session that ended, ``PostgresLeaseLocks``' lease that lapsed while its
+        holder paused). Every worker records its attempt first (a conditional save) and reads
+        the order's records after it, so of two workers racing without the lock the one that
+        reads last sees the other's attempt: open (:class:`OrderLocked`), or recorded since
+        the ``baseline`` its plan was made against (:class:`TransportError`: the plan may
+        follow from a view that attempt made stale). Either way this attempt is recorded not
+        done, as it never left. A lock that cannot be lost under its holder (an
+        :class:`~._journal.InMemoryJournal`'s) makes this read redundant: skipped.
+        """
+        if self._lock_holds:
+            return
+        order = run.record.merchant_trade_no
+        try:
+            records = yield from self._for_order(order)
+        except JournalError:
+            with contextlib.suppress(EcpayError):
+                yield from run.resolve(
+                    AttemptStatus.NOT_DONE, note="not sent: the order's records could not be read"
+                )
+            raise
+        blocking = moved = None
+        for record in records:
+            if record.key == run.record.key:
+                continue
+            if record.open_attempt is not None:
+                blocking = record
+                break
+            if len(record.attempts) != baseline.get(record.key, 0):
+                moved = moved or record
+        if blocking is None and moved is None:
+            return
+        other = blocking or moved
+        assert other is not None
+        why = (
+            f"operation {other.key!r} has a step in flight"
+            if blocking is not None
+            else f"operation {other.key!r} recorded a step since this plan was made"
+        )
+        label = f"{attempt.action.value}({attempt.amount})"
+        _log.warning(
+            "order %s: %s not sent: %s, although this worker held the order's lock (lost)",
+            order,
+            label,
+            why,
+            extra=self._fields(
+                order,
+                run.record,
+                action=attempt.action.value,
+                amount=attempt.amount,
+                attempt=attempt.attempt,
+                outcome="not_done",
+            ),
+        )
+        yield from run.resolve(AttemptStatus.NOT_DONE, note=f"not sent: {why}")
+        if blocking is not None:
+            raise self.locked(order, blocking)
+        raise TransportError(
+            f"{label} was not sent: {why}, although this worker held the order's lock (the "
+            "store lost it), so the plan may follow from a view that step has made stale. "
+            "Nothing moved; ask again with the same idempotency key: it plans from a fresh query",
+            merchant_trade_no=order,
+        )
 
     def _check_rest(
         self, run: Run, call: Call, plan: Plan, index: int, observed: OrderSnapshot
@@ -983,15 +1070,21 @@ class Engine:
         )
 
     def _check_fresh(
-        self, run: Run, observed: OrderSnapshot, records: Sequence[OperationRecord]
+        self,
+        run: Run,
+        observed: OrderSnapshot,
+        records: Sequence[OperationRecord],
+        queried_at: dt.datetime,
     ) -> Flow[None]:
         """Hold a planning query against the last step proven done on this order (R21, R4).
 
-        A query showing exactly the order as it was *before* that step, while the step is still
-        inside its fence, is served from data behind what ECPay accepted: nothing is planned
-        from it (:class:`TransportError`, nothing sent; ask again shortly). A query that
-        otherwise contradicts a step ECPay accepted is reported on the outcome, never turned
-        into "not done"; the plan follows the fresh query.
+        A query showing exactly the order as it was *before* that step, taken (at
+        ``queried_at``) while the step was still inside its fence, is served from data behind
+        what ECPay accepted: nothing is planned from it (:class:`TransportError`, nothing sent;
+        ask again shortly). The query's time counts, not the check's: a query may be served
+        behind a write until that write's fence, and a worker may pause between its query and
+        this check. A query that otherwise contradicts a step ECPay accepted is reported on the
+        outcome, never turned into "not done"; the plan follows the fresh query.
         """
         order = observed.merchant_trade_no
         proven = [
@@ -1010,7 +1103,7 @@ class Engine:
         step = last.step
         assert step is not None
         fence = last.resolvable_at or (last.at + _WINDOW + self.fence_margin)
-        if verdict is Verdict.NOT_DONE and self.now() < fence:
+        if verdict is Verdict.NOT_DONE and queried_at < fence:
             raise TransportError(
                 f"ECPay's query shows the order as it was before {step.describe()}, which was "
                 f"done at {last.at.isoformat()}: the query is served from data behind that "
@@ -1033,9 +1126,12 @@ class Engine:
         amount: int,
         step: Step | None,
         before: OrderSnapshot,
+        baseline: Mapping[str, int],
     ) -> Flow[tuple[OrderSnapshot, DoActionReply | None]]:
-        """Record, send and settle one DoAction (R21, R22); return the order after it and
-        ECPay's accepted reply (None when a query proved a lost reply's step done).
+        """Record, recheck (:meth:`_recheck`), send and settle one DoAction (R21, R22); return
+        the order after it and ECPay's accepted reply (None when a query proved a lost reply's
+        step done). ``baseline``: the order's other operations as the plan saw them
+        (:meth:`_baseline`).
 
         For a raw DoAction (``step`` None) the returned snapshot is ``before``.
         """
@@ -1080,6 +1176,7 @@ class Engine:
         # Recorded before the request leaves (style habit 15): a crash from here on leaves an
         # open attempt that locks the order until resolved by R22.
         yield from run.sending(attempt)
+        yield from self._recheck(run, baseline, attempt)
         fields = self._fields(
             order, run.record, action=action.value, amount=amount, attempt=attempt.attempt
         )
@@ -1359,14 +1456,21 @@ class Engine:
         """One raw DoAction, journaled, locked and settled like a planned step, never re-sent."""
         order = run.record.merchant_trade_no
         try:
-            blocking = yield from self.unresolved(order, but=run.record.key)
+            records = yield from self._for_order(order)
+            blocking = yield from self.unresolved(order, but=run.record.key, records=records)
             if blocking is not None:
                 raise self.locked(order, blocking)
-            _, kind = yield from self._known(order, trade_no, None)
+            _, kind = yield from self._known(order, trade_no, None, records)
             before = yield from self.query_flow(order, trade_no, kind)
             yield from run.save(before=before)
             _, reply = yield from self._attempt_flow(
-                run, index=0, action=action, amount=amount, step=None, before=before
+                run,
+                index=0,
+                action=action,
+                amount=amount,
+                step=None,
+                before=before,
+                baseline=self._baseline(run, records),
             )
         except BaseException as exc:
             if not isinstance(exc, GeneratorExit):
@@ -1619,6 +1723,16 @@ def _release(run: Run) -> Flow[None]:
                 "ecpay_outcome": "release_failed",
             },
         )
+
+
+def _lock_holds(journal: Journal | AsyncJournal) -> bool:
+    """Whether ``journal``'s order lock cannot be lost under a holder that still runs: its
+    locks are :class:`~._locks.ProcessOrderLocks` (:class:`~._journal.InMemoryJournal`'s), a
+    thread lock that only its holder releases, for a journal whose workers are the threads and
+    tasks of one process. Any other store's lock may be lost (a PostgreSQL session that ended,
+    a lease that lapsed, a POSIX lock released by another descriptor of its file), so every
+    attempt is rechecked before it leaves (:meth:`Engine._recheck`)."""
+    return type(journal.locks) is ProcessOrderLocks
 
 
 def _stamp_of(raw: object) -> int | None:

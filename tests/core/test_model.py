@@ -10,8 +10,9 @@ directly under model/ must hold, checked exhaustively:
 - liveness, the claim ``live`` under weak fairness: once crashes stop, every key's caller ends
   with an answer (an outcome, or the planner's refusal), in every run in which time goes on.
 
-Every mutant under model/mutants/ removes one rule and must fail on P1, so the models cannot
-pass vacuously. The checks run two at a time (CI has two cores) and print their figures, which
+Every mutant under model/mutants/ removes one rule and must fail, so the models cannot pass
+vacuously: on P1, or, for the recheck across the keys of one order (mutants/no_recheck.pml), on
+P2. The checks run two at a time (CI has two cores) and print their figures, which
 docs/safety.md quotes. Without ``spin`` the tests are skipped with how to install it; under
 ``CI=true`` a missing ``spin`` fails them.
 """
@@ -47,10 +48,21 @@ ENGINE_FILES = [
         "_lifecycle.py",
     )
 ]
-#: The assertion every mutant must break: P1, the key's refund applied twice.
+#: The assertion a mutant must break: P1, the key's refund applied twice...
 P1 = "applied[k]<=1"
+#: ... or P2, the refunds applied above the capture: the recheck's mutant, with two keys.
+P2 = "total<=2"
+#: The mutant that removes Engine._recheck, and the mutants that fail on P1.
+RECHECK_MUTANT = "model/mutants/no_recheck.pml"
+P1_MUTANTS = [mutant for mutant in spinrun.MUTANTS if mutant != RECHECK_MUTANT]
 #: The rule flags of protocol.inc: one per mutant.
-RULES = {"MUT_NO_FENCE", "MUT_RESUME", "MUT_UNCONDITIONAL_SAVE", "MUT_BATCH_IGNORED"}
+RULES = {
+    "MUT_NO_FENCE",
+    "MUT_RESUME",
+    "MUT_UNCONDITIONAL_SAVE",
+    "MUT_BATCH_IGNORED",
+    "MUT_NO_RECHECK",
+}
 
 
 def require_spin(
@@ -134,13 +146,24 @@ def test_every_key_ends_with_an_answer_once_crashes_stop(
     assert "acceptance   cycles \t+ (fairness enabled)" in result.output
 
 
-@pytest.mark.parametrize("mutant", spinrun.MUTANTS)
+@pytest.mark.parametrize("mutant", P1_MUTANTS)
 def test_each_mutant_gives_a_counterexample_applying_a_refund_twice(
     results: dict[tuple[str, str], spinrun.Result], mutant: str
 ) -> None:
     result = results[(mutant, "mutant")]
     assert result.errors >= 1, result.output
     assert result.violation == P1, result.output
+
+
+def test_without_the_recheck_two_keys_refund_above_the_capture(
+    results: dict[tuple[str, str], spinrun.Result],
+) -> None:
+    """model/cross_key_lock_loss.pml holds; without Engine._recheck (the engine before it) the
+    order lock lost under a live holder lets two keys refund more than the order captured."""
+    assert RECHECK_MUTANT in spinrun.MUTANTS
+    result = results[(RECHECK_MUTANT, "mutant")]
+    assert result.errors >= 1, result.output
+    assert result.violation == P2, result.output
 
 
 @pytest.mark.parametrize("mutant", spinrun.MUTANTS)
@@ -216,7 +239,7 @@ def test_every_effect_step_of_the_worker_names_its_engine_function() -> None:
     steps = set(re.findall(r'printf\("@@ %d (\w+)', protocol))
     assert steps >= {
         "start", "open", "lock", "reclaim", "query", "resolve", "for_order", "sending",
-        "send", "reply", "release", "sw_read", "sw_free", "rc_read", "rc_get", "rc_free",
+        "recheck", "send", "reply", "release", "sw_read", "sw_free", "rc_read", "rc_get", "rc_free",
         "bo_get", "bo_save", "end",
     }  # fmt: skip
     for block in re.findall(r"atomic \{(.*?)\n\s*\}", worker, flags=re.DOTALL):

@@ -7,6 +7,9 @@ the processes killed) and played against ``ecpay_lifecycle.Client`` step by step
 (tests/_model_replay.py). The real client does everything the trail does up to the step the
 mutant changed, refuses that step, and after the shop waits past the fences, sweeps and asks
 again, ECPay's books hold exactly one refund: the real code resists what the mutant allowed.
+The mutant without Engine._recheck refunds two keys of one order above the capture once the order
+lock is lost under a live holder (P2): there the real code refuses before sending, and ECPay's
+event log shows no DoAction it had to refuse.
 
 The replay harness is tested first on scenarios written by hand, one it must follow to the end
 and one it must leave where the code and the scenario part, so that its verdicts on the
@@ -31,7 +34,7 @@ sys.path.insert(0, str(ROOT / "model"))
 import spinrun  # noqa: E402  (model/spinrun.py)
 import trail2scenario  # noqa: E402  (model/trail2scenario.py)
 
-from test_model import P1, require_spin  # noqa: E402
+from test_model import P1, P1_MUTANTS, P2, RECHECK_MUTANT, require_spin  # noqa: E402
 
 #: One key refunding 1 unit of a Closed order of 2 (model/one_key.pml's configuration).
 ONE_KEY = {
@@ -83,6 +86,7 @@ LATE_THEN_LANDED = [
     "@@ 0 for_order k=0 fail=0",
     "@@ 0 query stale=0 ph=0 cls=2",
     "@@ 0 sending k=0 amt=1 ok=1 mut=0",
+    "@@ 0 recheck k=0 fail=0",
     "@@ 0 send k=0 amt=1 age=0 fate=5",
     "@@ 0 reply k=0 fate=5",
     "@@ 0 query stale=0 ph=0 cls=2",
@@ -97,6 +101,7 @@ LATE_THEN_LANDED = [
     "@@ 0 open k=0 res=1",
     "@@ 0 lock",
     "@@ 0 reclaim k=0 res=1",
+    "@@ 0 for_order k=0 fail=0",
     "@@ 0 query stale=0 ph=1 cls=1",
     "@@ 0 resolve k=0 verdict=1 ok=1 mut=0",
     "@@ 0 end",
@@ -108,7 +113,7 @@ def test_the_replay_follows_a_scenario_the_code_agrees_with() -> None:
     outcome = replay(scenario(ONE_KEY, LATE_THEN_LANDED))
     assert outcome.diverged_at is None, outcome.reasons
     steps = [line for line in LATE_THEN_LANDED if not line.startswith(("@@ env", "@@ 0 start"))]
-    assert outcome.followed == len(steps) == 18
+    assert outcome.followed == len(steps) == 20
     assert outcome.answers == [
         "<call of worker 0, key 0>: OutcomeUnknown",
         "<call of worker 0, key 0>: done",
@@ -121,15 +126,16 @@ def test_the_replay_stops_following_where_the_code_does_something_else() -> None
     """The same scenario, but it claims "not done" a tick after the send, with ECPay still
     holding the request: the code writes "unknown" there (R22), and the replay says so."""
     lines = [
-        *LATE_THEN_LANDED[:13],
+        *LATE_THEN_LANDED[:14],
         "@@ env tick",
         "@@ 0 start k=0",
         "@@ 0 open k=0 res=1",
         "@@ 0 lock",
         "@@ 0 reclaim k=0 res=1",
+        "@@ 0 for_order k=0 fail=0",
         "@@ 0 query stale=0 ph=0 cls=2",
         "@@ 0 resolve k=0 verdict=2 ok=1 mut=1",
-        "@@ 0 for_order k=0 fail=0",
+        "@@ 0 sending k=0 amt=1 ok=1 mut=0",
     ]
     outcome = replay(scenario(ONE_KEY, lines))
     assert outcome.diverged_at == len(lines) - 2
@@ -165,7 +171,7 @@ def first_effect(events: Sequence[Mapping[str, Any]], at: int) -> int:
     )
 
 
-@pytest.mark.parametrize("mutant", spinrun.MUTANTS)
+@pytest.mark.parametrize("mutant", P1_MUTANTS)
 def test_the_mutants_trail_against_the_real_client_refunds_once(
     mutant: str, tmp_path: pathlib.Path
 ) -> None:
@@ -239,27 +245,74 @@ def test_random_runs_of_the_models_are_what_the_real_client_does(model: str) -> 
     assert waited < len(SEEDS) / 2
 
 
-def test_finding_two_keys_send_beyond_the_capture_once_the_order_lock_is_lost(
+def test_the_recheck_mutants_trail_against_the_real_client_refuses_before_sending(
     tmp_path: pathlib.Path,
 ) -> None:
-    """model/findings/cross_key_lock_loss.pml (docs/safety.md, "What is not proven").
+    """model/mutants/no_recheck.pml: what model/cross_key_lock_loss.pml found before
+    Engine._recheck (docs/safety.md). With the order lock lost under a live holder, two keys of
+    one order each record a refund planned from the same ClsAmt; the mutant sends the second one
+    although the order's records, read again, show the other key's refund recorded since its
+    plan, and the two together exceed the capture (P2).
 
-    Documents a gap, so that it cannot close or widen unnoticed: with the order lock lost under
-    a live holder, two keys of one order each record and send a refund planned from the same
-    ClsAmt; R23's conditional saves are per key. SPIN finds the trail (P2), and the real client
-    follows it to the end: it sends a refund of a key after the other key refunded everything,
-    and only ECPay's own R10 check (the emulator's) refuses it. When the engine fences a send
-    against the order (not only its own record), the replay parts from the trail and this test
-    fails: then the finding becomes a model that must hold.
-    """
+    The real client follows the trail up to that step and refuses it: it records the attempt
+    not done and sends nothing. Money is counted on the emulator's event log: the refunds
+    applied stay within the capture, and not one DoAction ECPay had to refuse was sent (the
+    emulator's R10 check, which cannot be switched off, is never put to the test)."""
     require_spin()
-    result, found = trail2scenario.find("model/findings/cross_key_lock_loss.pml", tmp_path)
-    assert result.violation == "total<=2"
+    result, found = trail2scenario.find(RECHECK_MUTANT, tmp_path)
+    assert result.violation == P2
+    events = found["events"]
     assert found["config"]["NK"] == 2
-    assert any(event.get("env") == "lockloss" for event in found["events"])
+    assert any(event.get("env") == "lockloss" for event in events)
+    applied = [event for event in events if event.get("gateway") == "apply"]
+    assert applied[-1]["total"] > found["config"]["CAP"]  # in the model: above the capture
+    mutated = found["mutated_at"]
+    assert events[mutated]["step"] == "norecheck"
+    assert events[mutated - 1]["step"] == "recheck"
+    assert events[mutated - 1]["fail"] != 0  # the read saw the other key's refund
+    before = [e for e in events[:mutated] if "worker" in e and e["step"] not in NOT_EFFECTS]
     outcome = replay(found)
-    assert outcome.diverged_at is None, outcome.reasons
+    print(
+        f"\nno_recheck: {len(events)} events, mutated at {mutated}, the code parted at "
+        f"{outcome.diverged_at} ({outcome.reasons[:1]}), sent {outcome.sent}"
+    )
+    # The real code did every step before, the recheck's read included...
+    assert outcome.followed >= len(before)
+    # ... and where the mutant sends, it records the attempt not done instead.
+    assert outcome.diverged_at == first_effect(events, mutated), outcome.reasons
+    assert "'attempt': 'not_done'" in outcome.reasons[0], outcome.reasons
     capture = found["config"]["CAP"] * UNIT
-    assert sum(amount for amount, _, _ in outcome.sent) > capture, outcome.sent
-    assert sum(amount for amount, applied, _ in outcome.sent if applied) <= capture
-    assert [refusal for _, applied, refusal in outcome.sent if not applied] == ["over_captured"]
+    assert sum(outcome.refunds) <= capture, outcome
+    assert all(applied for _, applied, _ in outcome.sent), outcome.sent  # nothing refused
+    assert sum(amount for amount, _, _ in outcome.sent) <= capture, outcome.sent
+    done = sorted(
+        attempt.amount
+        for record in outcome.records
+        for attempt in record.attempts
+        if attempt.status is AttemptStatus.DONE
+    )
+    assert done == sorted(outcome.refunds), outcome
+    assert all(record.open_attempt is None for record in outcome.records)
+
+
+def test_the_model_with_the_recheck_goes_on_where_the_code_does(tmp_path: pathlib.Path) -> None:
+    """The same trail up to the recheck that refused, continued as the model that holds goes
+    on (model/cross_key_lock_loss.pml: the attempt recorded not done, ownership given up, the
+    call ended): the real client follows it to the end, and the refused caller is told to ask
+    again (TransportError, nothing moved)."""
+    require_spin()
+    _, found = trail2scenario.find(RECHECK_MUTANT, tmp_path)
+    mutated = found["mutated_at"]
+    refused = found["events"][mutated]
+    worker, key = refused["worker"], refused["k"]
+    rest = [
+        f"@@ {worker} resolve k={key} verdict=2 ok=1 mut=0",
+        f"@@ {worker} release k={key} ok=1 status=3 mut=0",
+        f"@@ {worker} end",
+    ]
+    events = [*found["events"][:mutated], *(trail2scenario.event(line) for line in rest)]
+    outcome = replay({"config": found["config"], "events": events})
+    assert outcome.diverged_at is None, outcome.reasons
+    assert f"<call of worker {worker}, key {key}>: TransportError" in outcome.answers
+    assert all(applied for _, applied, _ in outcome.sent), outcome.sent
+    assert sum(outcome.refunds) <= found["config"]["CAP"] * UNIT
