@@ -6,7 +6,8 @@ measured in the same run, on the same disk:
 
 - **journal work per refund.** A refund through ``Client`` writes four durable commits (the
   claim, the claim renewed under the order's lock, the attempt before it is sent, its result with
-  the release) and reads the order's records once. Those calls, recorded from a real refund and
+  the release) and reads the order's records twice (before the plan, and between the attempt's
+  record and its request: ``Engine._recheck``). Those calls, recorded from a real refund and
   replayed on a fresh key and order each time, are timed against one bare durable commit of one
   row (``BEGIN IMMEDIATE; INSERT; COMMIT``, WAL, ``synchronous=FULL``) in the same directory; and
   the whole refund on ``SQLiteJournal`` against the same refund on ``InMemoryJournal``,
