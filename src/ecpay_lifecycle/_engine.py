@@ -57,6 +57,7 @@ from ._exceptions import (
     InvalidArgumentType,
     JournalError,
     OperationInProgress,
+    OrderChanged,
     OrderLocked,
     OutcomeUnknown,
     PlanInterrupted,
@@ -987,7 +988,7 @@ class Engine:
         holder paused). Every worker records its attempt first (a conditional save) and reads
         the order's records after it, so of two workers racing without the lock the one that
         reads last sees the other's attempt: open (:class:`OrderLocked`), or recorded since
-        the ``baseline`` its plan was made against (:class:`TransportError`: the plan may
+        the ``baseline`` its plan was made against (:class:`OrderChanged`: the plan may
         follow from a view that attempt made stale). Either way this attempt is recorded not
         done, as it never left. A lock that cannot be lost under its holder (an
         :class:`~._journal.InMemoryJournal`'s) makes this read redundant: skipped.
@@ -1039,11 +1040,12 @@ class Engine:
         yield from run.resolve(AttemptStatus.NOT_DONE, note=f"not sent: {why}")
         if blocking is not None:
             raise self.locked(order, blocking)
-        raise TransportError(
+        raise OrderChanged(
             f"{label} was not sent: {why}, although this worker held the order's lock (the "
             "store lost it), so the plan may follow from a view that step has made stale. "
             "Nothing moved; ask again with the same idempotency key: it plans from a fresh query",
             merchant_trade_no=order,
+            idempotency_key=other.key,
         )
 
     def _check_rest(

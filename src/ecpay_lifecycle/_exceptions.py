@@ -30,6 +30,7 @@ ever carries a HashKey or HashIV.
     ├── OutcomeUnknown                        a DoAction was sent and its result is not known yet
     ├── OrderLocked                           an earlier step is unresolved; reconcile() first
     ├── PlanInterrupted                       R4: after a done step the order shows otherwise
+    ├── OrderChanged                          R23: another key acted on the order since the plan
     ├── OperationInProgress                   R23: another caller runs this idempotency key now
     ├── OwnershipLost                         R23: another worker took this operation over
     └── JournalError                          the journal cannot record: nothing was sent
@@ -55,6 +56,7 @@ __all__ = [
     "JournalError",
     "NotCreditCardOrder",
     "OperationInProgress",
+    "OrderChanged",
     "OrderLocked",
     "OutcomeUnknown",
     "OwnershipLost",
@@ -388,6 +390,28 @@ class PlanInterrupted(EcpayError):
     ) -> None:
         super().__init__(message, merchant_trade_no=merchant_trade_no)
         self.observed = observed
+        self.idempotency_key = idempotency_key
+
+
+class OrderChanged(EcpayError):
+    """R23 across the keys of one order: another operation recorded a step on this order after
+    this call's plan was made and before its DoAction left, so the plan may follow from a view
+    that step made stale.
+
+    Possible only when the store lost the order's lock under a worker that still ran (a
+    PostgreSQL session that ended, a lapsed ``PostgresLeaseLocks`` lease). Nothing was sent: the
+    attempt is recorded not done. Ask again with the same idempotency key; it plans from a
+    fresh query. ``idempotency_key`` is the key of the operation that acted.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        merchant_trade_no: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> None:
+        super().__init__(message, merchant_trade_no=merchant_trade_no)
         self.idempotency_key = idempotency_key
 
 

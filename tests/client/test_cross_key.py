@@ -48,10 +48,10 @@ from ecpay_lifecycle import (
     InMemoryJournal,
     JournalError,
     OperationRecord,
+    OrderChanged,
     PaymentKind,
     RuleViolation,
     State,
-    TransportError,
 )
 from ecpay_lifecycle._engine import Engine, Flow
 from ecpay_lifecycle._journal import JournalWrapper
@@ -442,7 +442,7 @@ def test_a_refund_another_key_made_since_the_plan_stops_the_send() -> None:
         )
 
     with client_on(emulator, Hooked(journal, {1: other_key}, after=True)) as client:
-        with pytest.raises(TransportError, match="recorded a step since this plan was made"):
+        with pytest.raises(OrderChanged, match="recorded a step since this plan was made"):
             client.refund(ORDER, 500, idempotency_key="half")
         (record,) = [r for r in journal.for_order(MID, ORDER) if r.key == "half"]
         assert [(a.amount, a.status) for a in record.attempts] == [(500, AttemptStatus.NOT_DONE)]

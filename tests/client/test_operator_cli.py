@@ -22,10 +22,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from ecpay_lifecycle import TAIPEI, Client, Credentials, OutcomeUnknown
+from ecpay_lifecycle import (
+    TAIPEI,
+    Client,
+    Credentials,
+    OrderChanged,
+    OrderLocked,
+    OutcomeUnknown,
+    RuleViolation,
+    TransportError,
+)
 from ecpay_lifecycle import _ops_commands as ops_commands
 from ecpay_lifecycle._cli import main
-from ecpay_lifecycle._ops import EXIT_CODES
+from ecpay_lifecycle._ops import EXIT_CODES, exit_code
 from ecpay_lifecycle._sqlite import SQLiteJournal
 from ecpay_lifecycle.emulator import Emulator, Endpoint, EventKind, Fault, serving
 
@@ -490,6 +499,21 @@ def test_tables_are_bold_on_a_terminal_and_plain_in_a_pipe(
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--version"]) == 0
     assert re.fullmatch(r"ecpay-lifecycle \d+\.\d+\.\d+\S*\n", capsys.readouterr().out)
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (OutcomeUnknown("lost"), 3),
+        (OrderLocked("locked"), 3),
+        (OrderChanged("another key acted"), 4),  # nothing was sent: try again, same key
+        (TransportError("never connected"), 4),
+        (RuleViolation("R10", "too much"), 1),
+        (ValueError("a bug"), 70),
+    ],
+)
+def test_each_error_exits_with_what_it_means_for_the_money(error: Exception, code: int) -> None:
+    assert exit_code(error) == code
 
 
 def test_operations_md_tabulates_every_exit_code() -> None:

@@ -299,7 +299,7 @@ def test_the_model_with_the_recheck_goes_on_where_the_code_does(tmp_path: pathli
     """The same trail up to the recheck that refused, continued as the model that holds goes
     on (model/cross_key_lock_loss.pml: the attempt recorded not done, ownership given up, the
     call ended): the real client follows it to the end, and the refused caller is told to ask
-    again (TransportError, nothing moved)."""
+    again (OrderChanged, nothing moved)."""
     require_spin()
     _, found = trail2scenario.find(RECHECK_MUTANT, tmp_path)
     mutated = found["mutated_at"]
@@ -313,6 +313,6 @@ def test_the_model_with_the_recheck_goes_on_where_the_code_does(tmp_path: pathli
     events = [*found["events"][:mutated], *(trail2scenario.event(line) for line in rest)]
     outcome = replay({"config": found["config"], "events": events})
     assert outcome.diverged_at is None, outcome.reasons
-    assert f"<call of worker {worker}, key {key}>: TransportError" in outcome.answers
+    assert f"<call of worker {worker}, key {key}>: OrderChanged" in outcome.answers
     assert all(applied for _, applied, _ in outcome.sent), outcome.sent
     assert sum(outcome.refunds) <= found["config"]["CAP"] * UNIT

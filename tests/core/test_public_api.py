@@ -30,7 +30,7 @@ EXPECTED = {
     "ReplyMismatch", "TransportError", "RateLimited", "EnvelopeRejected", "GatewayRefused",
     "OutcomeUnknown", "OrderLocked", "WrongCredentials", "ClockOutOfSync", "ServiceNotEnabled",
     "OperationInProgress", "OwnershipLost", "PlanInterrupted", "JournalError",
-    "NotCreditCardOrder", "SecretNotSerialisable",
+    "NotCreditCardOrder", "SecretNotSerialisable", "OrderChanged",
 }  # fmt: skip
 
 
@@ -58,7 +58,7 @@ def test_every_exception_is_in_one_tree() -> None:
         if isinstance(getattr(ecpay_lifecycle, n), type)
         and issubclass(getattr(ecpay_lifecycle, n), BaseException)
     ]
-    assert len(errors) == 26
+    assert len(errors) == 27
     assert all(issubclass(e, ecpay_lifecycle.EcpayError) for e in errors)
 
 
