@@ -862,6 +862,19 @@ class Engine:
         fields.update({f"ecpay_{name}": value for name, value in more.items()})
         return fields
 
+    def _attempt_fields(
+        self, merchant_trade_no: str, record: OperationRecord, attempt: AttemptRecord, outcome: str
+    ) -> dict[str, object]:
+        """:meth:`_fields` of one attempt and what became of it."""
+        return self._fields(
+            merchant_trade_no,
+            record,
+            action=attempt.action.value,
+            amount=attempt.amount,
+            attempt=attempt.attempt,
+            outcome=outcome,
+        )
+
     def unresolved(
         self,
         merchant_trade_no: str,
@@ -1028,14 +1041,7 @@ class Engine:
             order,
             label,
             why,
-            extra=self._fields(
-                order,
-                run.record,
-                action=attempt.action.value,
-                amount=attempt.amount,
-                attempt=attempt.attempt,
-                outcome="not_done",
-            ),
+            extra=self._attempt_fields(order, run.record, attempt, "not_done"),
         )
         yield from run.resolve(AttemptStatus.NOT_DONE, note=f"not sent: {why}")
         if blocking is not None:
@@ -1299,14 +1305,7 @@ class Engine:
             order,
             label,
             type(lost).__name__,
-            extra=self._fields(
-                order,
-                run.record,
-                action=attempt.action.value,
-                amount=attempt.amount,
-                attempt=attempt.attempt,
-                outcome="lost",
-            ),
+            extra=self._attempt_fields(order, run.record, attempt, "lost"),
         )
         queried_at = self.now()
         try:
@@ -1374,13 +1373,8 @@ class Engine:
             attempt.amount,
             how,
             verdict,
-            extra=self._fields(
-                attempt.before.merchant_trade_no,
-                run.record,
-                action=attempt.action.value,
-                amount=attempt.amount,
-                attempt=attempt.attempt,
-                outcome=str(verdict),
+            extra=self._attempt_fields(
+                attempt.before.merchant_trade_no, run.record, attempt, str(verdict)
             ),
         )
         return verdict
@@ -1412,14 +1406,7 @@ class Engine:
             "order %s: outcome of %s unknown; order locked",
             order,
             label,
-            extra=self._fields(
-                order,
-                run.record,
-                action=attempt.action.value,
-                amount=attempt.amount,
-                attempt=attempt.attempt,
-                outcome="unknown",
-            ),
+            extra=self._attempt_fields(order, run.record, attempt, "unknown"),
         )
         return OutcomeUnknown(
             f"{label}: {_heard(lost) if lost is not None else 'its reply was lost'}, and {seen}; "
