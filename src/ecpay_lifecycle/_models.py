@@ -212,10 +212,6 @@ def _validate_aware(_inst: Any, attribute: attrs.Attribute[Any], value: object) 
     check_aware(value, field=attribute.name)
 
 
-def _default_settled(snapshot: OrderSnapshot) -> bool:
-    return snapshot.state in (State.CLOSED, State.REFUNDED)
-
-
 #: What the state says of ``capture_settled`` where it says anything: closed and refunded orders
 #: have settled their capture, an authorization (or a failed one) has none.
 _SETTLED_BY_STATE: dict[State, bool] = {
@@ -249,10 +245,9 @@ class OrderSnapshot:
         default=PaymentKind.ONE_TIME, validator=attrs.validators.instance_of(PaymentKind)
     )
     auto_close: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
-    capture_settled: bool = attrs.field(
-        default=attrs.Factory(_default_settled, takes_self=True),
-        validator=attrs.validators.instance_of(bool),
-    )
+    # The four states that imply it override what is passed (__attrs_post_init__), so the
+    # default only speaks for TO_CLOSE, where it means a pending capture.
+    capture_settled: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
     def __attrs_post_init__(self) -> None:
         implied = _SETTLED_BY_STATE.get(self.state)
