@@ -15,7 +15,9 @@ It keeps one pool per origin of at most ``max_connections`` connections, each ke
 * ``ConnectError``, ``ConnectTimeout`` and ``PoolTimeout`` are raised only before a byte of the
   request was handed to the socket: the request provably did not leave. So is
   ``LocalProtocolError`` (a header with a line break in it, a body that disagrees with its
-  Content-Length): the request is checked and framed whole before anything is written.
+  Content-Length): the request is checked and framed whole before anything is written. A
+  streamed body can only be measured as it goes out, so one that disagrees with its
+  Content-Length is a ``WriteError``: its head has left.
 * Once the request was written, every failure is ``WriteError``, ``WriteTimeout``,
   ``ReadError``, ``ReadTimeout`` or ``RemoteProtocolError``: the outcome is unknown. Nothing is
   ever sent again by the transport, whatever the method.
@@ -461,7 +463,8 @@ class _Connection(asyncio.Protocol):
             if chunked:
                 transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             elif length is None or sent > length:
-                raise httpx.LocalProtocolError(
+                # The head (and maybe a whole body) has left: not a "not sent" error.
+                raise httpx.WriteError(
                     "the request body is longer than its Content-Length", request=request
                 )
             else:
@@ -471,7 +474,7 @@ class _Connection(asyncio.Protocol):
         if chunked:
             transport.write(b"0\r\n\r\n")
         elif sent != (length or 0):
-            raise httpx.LocalProtocolError(
+            raise httpx.WriteError(
                 "the request body is shorter than its Content-Length", request=request
             )
 
