@@ -53,7 +53,6 @@ __all__ = [
     "fire",
     "fire_via_machine",
     "position_of",
-    "state_of",
 ]
 
 
@@ -455,7 +454,8 @@ def after_batch(state: State, closed_amount: int, order: Facts) -> tuple[State, 
     """What ECPay's daily batch makes of an order at (``state``, ``closed_amount``): the
     machine's ``batch`` rows fired on it (a pending close settles, Closed or Refunded; with
     auto-close on an authorization is closed for its whole amount, R5); unchanged where no batch
-    row applies. The two flavours of TO_CLOSE settle alike, so the state alone is enough."""
+    row applies. The two flavours of TO_CLOSE settle alike, so either stands for TO_CLOSE here
+    (the one ``closed_amount`` suggests); ``order.authorized_at`` serves as the rows' ``now``."""
     name = _NAME_OF[state, closed_amount == 0]
     try:
         after, _ = step(Position(name, closed_amount, None), "batch", order, order.authorized_at, 0)
@@ -584,7 +584,7 @@ def fire_via_machine(pos: Position, trigger: str, ctx: Context) -> tuple[Positio
     The two must always agree; ``tests/core/test_lifecycle.py`` checks it.
     """
     with _LOCK:
-        MACHINE.set_state(Phase(pos.state).value, model=_HOLDER)
+        MACHINE.set_state(pos.state.value, model=_HOLDER)
         _HOLDER.position = pos
         _HOLDER.context = ctx
         _HOLDER.refusal = None
@@ -601,11 +601,6 @@ def fire_via_machine(pos: Position, trigger: str, ctx: Context) -> tuple[Positio
             if isinstance(t, _RuledTransition) and t.dest == _HOLDER.state
         ]
         return _HOLDER.position, taken[0].rule
-
-
-def state_of(machine_state: Phase) -> State:
-    """The public :class:`State` a machine state is shown as."""
-    return STATE_OF[machine_state]
 
 
 _NAME_OF: Final[Mapping[tuple[State, bool], Phase]] = {

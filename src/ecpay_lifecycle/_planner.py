@@ -145,7 +145,7 @@ def plan_refund(
                 retry_at=_rules.next_batch_end(now) if snapshot.auto_close else None,
                 merchant_trade_no=snapshot.merchant_trade_no,
             )
-    elif not snapshot.capture_settled:  # pending_capture: a CLOSED snapshot has always settled
+    elif snapshot.pending_capture:
         if full:
             actions = ((*_E, whole), (*_N, whole))
             reason = "R13: a full refund before the daily batch is cancel (E) then abandon (N)"
@@ -205,7 +205,7 @@ def plan_abandon(snapshot: OrderSnapshot, *, now: dt.datetime) -> Plan:
     if snapshot.state is State.AUTHORIZED:
         actions: tuple[tuple[Action, str, int], ...] = ((*_N, snapshot.amount),)
         reason = "R14: abandoning an authorized order is N for the whole amount"
-    elif not snapshot.capture_settled:  # pending_capture: a CLOSED snapshot has always settled
+    elif snapshot.pending_capture:
         actions = ((*_E, snapshot.amount), (*_N, snapshot.amount))
         reason = "R15: a pending capture is cancelled (E), which restores the hold, then N"
     else:

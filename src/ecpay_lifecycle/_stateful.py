@@ -318,12 +318,9 @@ class LifecycleMachine(RuleBasedStateMachine):
     def _plan(
         self, intent: Intent, truth: OrderSnapshot, amount: object, *, capture_first: bool
     ) -> Plan:
-        now = self.emulator.now
-        if intent is Intent.CAPTURE:
-            return _planner.plan_capture(truth, now=now)
-        if intent is Intent.ABANDON:
-            return _planner.plan_abandon(truth, now=now)
-        return _planner.plan_refund(truth, cast(Any, amount), now=now, capture_first=capture_first)
+        return _planner.plan(
+            intent, truth, cast(Any, amount), now=self.emulator.now, capture_first=capture_first
+        )
 
     # -- rules: orders and money -------------------------------------------------------------
 

@@ -108,9 +108,7 @@ def _snapshots(
         settled = kind is PaymentKind.UNIONPAY or draw(st.booleans())
         closed = draw(st.integers(0 if settled else 1, amount))
     elif state is State.CLOSED:
-        settled, closed = True, draw(st.integers(1, amount))
-    elif state is State.REFUNDED:
-        settled = True
+        closed = draw(st.integers(1, amount))
     elif state is State.UNSETTLED:
         closed = draw(st.integers(0, amount))
         settled = draw(st.booleans())

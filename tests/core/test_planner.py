@@ -542,3 +542,35 @@ def test_plan_refuses_what_does_not_belong_to_its_intent(
     )
     with pytest.raises(error):
         plan(intent, snapshot, now=NOW, **extra)  # type: ignore[arg-type]
+
+
+@given(snapshots())
+def test_refund_everything_plans_what_the_snapshot_calls_refundable(
+    snapshot: OrderSnapshot,
+) -> None:
+    """plan_refund reads what is refundable and whether a capture is pending from the facts its
+    branch knows (for speed) instead of OrderSnapshot.refundable and .pending_capture: the two
+    must agree wherever a plan is made."""
+    try:
+        made = plan_refund(snapshot, None, now=NOW)
+    except RuleViolation:
+        return
+    assert made.refund_total == snapshot.refundable
+    # A pending capture is never refunded with R before its batch (R9): E comes first.
+    assert not snapshot.pending_capture or made.steps[0].action is not Action.REFUND
+
+
+def test_a_closed_order_passed_as_unsettled_is_planned_as_settled() -> None:
+    closed = OrderSnapshot(
+        merchant_trade_no="C1",
+        trade_no="2608010000000001",
+        amount=1000,
+        state=State.CLOSED,
+        closed_amount=1000,
+        capture_settled=False,  # the state implies a settled capture; the snapshot says so
+        authorized_at=NOW - dt.timedelta(days=2),
+    )
+    assert closed.capture_settled
+    assert not closed.pending_capture
+    made = plan_refund(closed, 300, now=NOW)
+    assert [(s.action, s.amount) for s in made.steps] == [(Action.REFUND, 300)]
