@@ -48,7 +48,7 @@ from ecpay_lifecycle._models import Action, GatewayStatus, PaymentKind
 from ._console import read_route, send_asset
 from ._faults import Endpoint, Fault
 from ._json_views import event_json, landing_json, view_json
-from ._pipeline import Failure, Pipeline, Received, Reply
+from ._pipeline import Failure, Pipeline
 from ._wire import parse_aware_iso
 
 if TYPE_CHECKING:  # for annotations only: the facade imports this module
@@ -249,14 +249,7 @@ async def _send(send: Send, status: int, body: bytes, content_type: str) -> None
 
 async def _gateway(pipeline: Pipeline, method: str, path: str, body: bytes, send: Send) -> None:
     """One of ECPay's endpoints, with its fault turned into real-server behaviour."""
-    got = pipeline.receive(method, path, body)
-    if isinstance(got, Received):
-        if got.delay:
-            await asyncio.sleep(got.delay)
-            if not pipeline.glide():  # the delay let real time pass: catch up off the loop
-                await asyncio.to_thread(pipeline.catch_up)
-        got = pipeline.process(got)
-    reply: Reply = got
+    reply = await pipeline.answer(method, path, body)
     if reply.hang:
         await asyncio.sleep(reply.hang)
     if reply.failure in (Failure.DISCONNECT, Failure.RESET):

@@ -10,7 +10,6 @@ re-entrant lock guards all state. Sections are those of docs/ecpay-api.md.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import datetime as dt
 import threading
@@ -536,14 +535,10 @@ class Emulator:
         return _to_httpx(got, request)
 
     async def async_handler(self, request: httpx.Request) -> httpx.Response:
-        """Like :meth:`handler` for ``httpx.AsyncClient``; a DELAY fault awaits instead of
-        blocking the event loop."""
-        got = self._pipeline.receive(request.method, request.url.path, request.content)
-        if isinstance(got, Received):
-            if got.delay:
-                await asyncio.sleep(got.delay)
-            got = self._pipeline.process(got)
-        return _to_httpx(got, request)
+        """Like :meth:`handler` for ``httpx.AsyncClient``: a DELAY fault awaits, and a running
+        clock catches up in a thread, instead of blocking the event loop."""
+        reply = await self._pipeline.answer(request.method, request.url.path, request.content)
+        return _to_httpx(reply, request)
 
     @property
     def asgi_app(self) -> AsgiApp:

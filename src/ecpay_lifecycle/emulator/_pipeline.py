@@ -15,6 +15,7 @@ neither. Sections are those of docs/ecpay-api.md.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import enum
 import itertools
@@ -341,6 +342,21 @@ class Pipeline:
             key: self._id(value) if key in ("MerchantID", "PlatformID") else value
             for key, value in inner.items()
         }
+
+    async def answer(self, method: str, path: str, body: bytes) -> Reply:
+        """One request on an event loop: :meth:`receive`, a DELAY fault awaited, :meth:`process`.
+        Whatever a running clock has due (batches, day rules, landings) runs in a thread first,
+        never on the loop, also after the delay let real time pass."""
+        if not self.glide():
+            await asyncio.to_thread(self.catch_up)
+        got = self.receive(method, path, body)
+        if isinstance(got, Reply):
+            return got
+        if got.delay:
+            await asyncio.sleep(got.delay)
+            if not self.glide():
+                await asyncio.to_thread(self.catch_up)
+        return self.process(got)
 
     def process(self, got: Received) -> Reply:
         """Phase two: apply the request (unless a fault stops it first) and shape the reply."""
