@@ -127,8 +127,7 @@ async def serve(
         route = path[len(_ADMIN) :]
         read = read_route(emulator, method, route, scope.get("query_string", b""))
         status, payload = read if read is not None else _admin(emulator, method, route, body)
-        content = b"" if payload is None else json.dumps(payload, ensure_ascii=False).encode()
-        await _send(send, status, content, "application/json")
+        await _send_json(send, status, payload)
         return
     if await send_asset(send, method, path):  # GET /: the console's page and files
         return
