@@ -38,7 +38,7 @@ from ._journal import AsyncJournal, Journal, is_async_journal
 from ._models import Action, Intent, OrderSnapshot, PaymentKind, check_order_number
 from ._outcome import Outcome, Reconciliation, SweepReport, Verdict
 from ._protocol import PRODUCTION_URL, Credentials, DoActionReply, WireRequest
-from ._transport import AsyncStreamTransport
+from ._transport import AsyncStreamTransport, Route
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -63,6 +63,9 @@ KEEPALIVE_EXPIRY: Final = 60.0
 _HEADERS: Final = {
     "Content-Type": "application/json",
     "Accept": "application/json",
+    # Named, not left to httpx: its default grows with optional packages (br, zstd), and
+    # AsyncStreamTransport.exchange decodes these two only.
+    "Accept-Encoding": "gzip, deflate",
     "User-Agent": "ecpay-lifecycle",
 }
 _JSON = json.JSONEncoder(separators=(",", ":"))
@@ -506,6 +509,11 @@ class AsyncClient(_Shell):
         self._slots = asyncio.Semaphore(self._limits.max_connections or DEFAULT_MAX_CONNECTIONS)
         self._pool_wait = self._timeout.pool
         self._urls: dict[str, httpx.URL] = {}
+        # Over AsyncStreamTransport each request is exchanged as bytes: the head httpx would
+        # send, prepared once a path (_route), without an httpx.Request and httpx.Response a
+        # call, which over a socket cost more CPU than the rest of it (benchmarks/bench_wire.py).
+        self._stream = transport if isinstance(transport, AsyncStreamTransport) else None
+        self._routes: dict[str, Route] = {}
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -556,10 +564,22 @@ class AsyncClient(_Shell):
         else:
             await slots.acquire()  # free: returns at once, no timer to arm
         try:
+            stream = self._stream
+            if stream is not None:
+                route = self._routes.get(request.path) or self._route(stream, request.path)
+                return Reply(*await stream.exchange(route, _body(request)))
             response = await self._http.post(self._url(request.path), content=_body(request))
         finally:
             slots.release()
         return Reply(response.status_code, response.content)
+
+    def _route(self, stream: AsyncStreamTransport, path: str) -> Route:
+        """The POST to ``path`` as httpx would send it (its headers, URL and timeouts), prepared
+        once for AsyncStreamTransport.exchange."""
+        route = self._routes[path] = stream.route(
+            self._http.build_request("POST", self._url(path), content=b"")
+        )
+        return route
 
     def _url(self, path: str) -> httpx.URL:
         """The absolute URL of one of ECPay's few paths, parsed once: httpx parses a relative

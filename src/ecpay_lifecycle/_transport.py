@@ -40,14 +40,16 @@ import select
 import ssl
 import sys
 import time
+import zlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Final
 
+import attrs
 import httpx
 
 from ._exceptions import ConfigurationError, InvalidArgumentType
 
-__all__ = ["AsyncStreamTransport"]
+__all__ = ["AsyncStreamTransport", "Route"]
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 #: Seconds ``aclose`` waits for a closed connection's socket to be released before aborting it.
@@ -805,10 +807,14 @@ class _Body(httpx.AsyncByteStream):
         self._release(complete=False)
 
 
-def _encode_head(request: httpx.Request) -> tuple[bytes, int | None, bool, bool]:
+def _encode_head(
+    request: httpx.Request, raw: list[tuple[bytes, bytes]] | None = None
+) -> tuple[bytes, int | None, bool, bool]:
     """The request's head as bytes, checked (no CR, LF or NUL smuggled into a header), with the
-    body's framing its headers declare: (head, Content-Length, chunked, ``Connection: close``)."""
-    raw = request.headers.raw
+    body's framing its headers declare: (head, Content-Length, chunked, ``Connection: close``).
+    ``raw`` replaces the request's own header fields."""
+    if raw is None:
+        raw = request.headers.raw
     lines = [
         b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii", "replace"), request.url.raw_path)
     ]
@@ -868,6 +874,50 @@ def _framed(
     if len(content) < _JOIN_BELOW:  # one write, one segment for a small request
         return [head + content]
     return [head, content]
+
+
+@attrs.frozen
+class Route:
+    """One method, URL and set of headers, prepared by :meth:`AsyncStreamTransport.route` for
+    :meth:`AsyncStreamTransport.exchange`: the head before its Content-Length, the origin's pool,
+    the timeouts, and an ``httpx.Request`` (without a body) that errors name."""
+
+    pool: _Pool = attrs.field(repr=False)
+    prefix: bytes = attrs.field(repr=False)
+    request: httpx.Request
+    timeouts: Mapping[str, float | None] = attrs.field(repr=False)
+    read_timeout: float | None = attrs.field(repr=False)
+    write_timeout: float | None = attrs.field(repr=False)
+    head_only: bool = False
+    close: bool = False
+
+
+def _decoded(headers: list[tuple[bytes, bytes]], body: bytes, request: httpx.Request) -> bytes:
+    """``body`` with its Content-Encoding undone, as httpx would: gzip, deflate (zlib-wrapped
+    or raw) and identity; any other coding, or bytes that do not decode, is a DecodingError."""
+    codings: list[bytes] = []
+    for name, value in headers:
+        if name.lower() == b"content-encoding":
+            codings += [coding.strip().lower() for coding in value.split(b",")]
+    for coding in reversed(codings):
+        try:
+            if coding == b"gzip":
+                body = zlib.decompress(body, zlib.MAX_WBITS | 16)
+            elif coding == b"deflate":
+                try:
+                    body = zlib.decompress(body)
+                except zlib.error:
+                    body = zlib.decompress(body, -zlib.MAX_WBITS)
+            elif coding not in (b"identity", b""):
+                raise httpx.DecodingError(
+                    f"a response in an unsupported Content-Encoding {coding!r}", request=request
+                )
+        except zlib.error as exc:
+            raise httpx.DecodingError(
+                f"a response body that is not valid {coding.decode('ascii', 'replace')}: {exc}",
+                request=request,
+            ) from None
+    return body
 
 
 class AsyncStreamTransport(httpx.AsyncBaseTransport):
@@ -972,6 +1022,71 @@ class AsyncStreamTransport(httpx.AsyncBaseTransport):
         # read then has nothing left to do, which saves it a chain of async iterators.
         response.read()
         return response
+
+    def route(self, request: httpx.Request) -> Route:
+        """Prepare ``request``'s method, URL and headers (its body and Content-Length aside) for
+        :meth:`exchange`: checked and encoded once, for every request sent that way."""
+        raw = [(name, value) for name, value in request.headers.raw]
+        fields = [name.lower() for name, _ in raw]
+        if b"transfer-encoding" in fields:
+            raise httpx.LocalProtocolError(
+                "a route's requests are framed by Content-Length only", request=request
+            )
+        raw = [
+            field for field, lower in zip(raw, fields, strict=True) if lower != b"content-length"
+        ]
+        head, _, _, close = _encode_head(request, raw)
+        timeouts: Mapping[str, float | None] = request.extensions.get("timeout", {})
+        return Route(
+            pool=self._pool(request),
+            prefix=head[:-2],  # the fields without the blank line: Content-Length goes last
+            request=httpx.Request(request.method, request.url, headers=raw),
+            timeouts=timeouts,
+            read_timeout=timeouts.get("read"),
+            write_timeout=timeouts.get("write"),
+            head_only=request.method == "HEAD",
+            close=close,
+        )
+
+    async def exchange(self, route: Route, content: bytes) -> tuple[int, bytes]:
+        """Send one request on ``route`` with ``content`` as its body; return the response's
+        status and its whole body, decoded (``gzip`` and ``deflate``).
+
+        The same exchange as :meth:`handle_async_request` (the same pool, reader and errors, with
+        ``route.request`` named in them) without building an ``httpx.Request`` and an
+        ``httpx.Response`` around it: over a socket those cost more CPU than the exchange itself
+        (``benchmarks/bench_wire.py``). No cookies, redirects or event hooks: what
+        :class:`AsyncClient` asks of ECPay needs none of them.
+        """
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        pool = route.pool
+        request = route.request
+        loop = asyncio.get_running_loop()
+        connection = pool.idle(loop) or await pool.acquire(loop, request, route.timeouts)
+        connection.begin(route.head_only)
+        read_timeout = route.read_timeout
+        try:
+            head = b"%sContent-Length: %d\r\n\r\n" % (route.prefix, len(content))
+            if len(content) < _JOIN_BELOW:
+                connection.transport.write(head + content)
+            else:
+                connection.transport.write(head)
+                connection.transport.write(content)
+            if connection.blocked:
+                await connection.drained(request, route.write_timeout)
+            while not connection.done:
+                await connection.wait(request, read_timeout)
+        except BaseException:
+            _finish(pool, connection, complete=False)
+            raise
+        if route.close:
+            connection.keep = False
+        parts = connection.take()
+        status, headers = connection.status, connection.headers
+        _finish(pool, connection, complete=True)
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        return status, _decoded(headers, body, request)
 
     def _pool(self, request: httpx.Request) -> _Pool:
         url = request.url
