@@ -52,6 +52,13 @@ _HEX_DIGITS = b"0123456789abcdefABCDEF"
 _UNHEX = {
     bytes([hi, lo]): bytes([int(bytes([hi, lo]), 16)]) for hi in _HEX_DIGITS for lo in _HEX_DIGITS
 }
+#: Percent-encoded bytes in which every '%' starts an escape of two hex digits.
+_ESCAPED = re.compile(rb"[^%]*(?:%[0-9A-Fa-f]{2}[^%]*)*")
+_ESCAPE = re.compile(rb"%[0-9A-Fa-f]{2}")
+
+
+def _percent_last(escape: bytes) -> bool:
+    return escape == b"%25"
 
 
 def php_urlencode(raw: bytes) -> bytes:
@@ -86,17 +93,26 @@ def url_decode(quoted: bytes) -> bytes:
     text = quoted.replace(b"+", b" ")
     if b"%" not in text:
         return text
-    # Fast path for upper-case JSON punctuation. Every '%' in a valid encoding starts an escape,
-    # so replacing whole escapes is exact; anything still holding a '%' takes the general path.
+    # Fast path for upper-case JSON punctuation and the slash of ECPay's dates. Every '%' in a
+    # valid encoding starts an escape and a replacement never makes a '%', so replacing whole
+    # escapes is exact; anything still holding a '%' takes the next path.
     common = (
         text.replace(b"%22", b'"')
         .replace(b"%2C", b",")
         .replace(b"%3A", b":")
         .replace(b"%7B", b"{")
         .replace(b"%7D", b"}")
+        .replace(b"%2F", b"/")
     )
     if b"%" not in common:
         return common
+    if _ESCAPED.fullmatch(common):
+        # Still valid, other escapes: replace each distinct one, %25 ('%') last so that no
+        # '%' it makes is read as the start of an escape.
+        for escape in sorted(set(_ESCAPE.findall(common)), key=_percent_last):
+            common = common.replace(escape, _UNHEX[escape[1:]])
+        return common
+    # A '%' that does not start an escape: find it, to say which.
     first, *rest = text.split(b"%")
     out = [first]
     for part in rest:

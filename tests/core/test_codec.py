@@ -163,6 +163,45 @@ def test_url_decode_reads_lower_case_hex(raw: bytes) -> None:
     assert url_decode(lowered) == raw
 
 
+def reference_url_decode(quoted: bytes) -> bytes | None:
+    """Byte by byte: '+' is a space, '%' and two hex digits a byte; None for a bad '%'."""
+    out = bytearray()
+    position = 0
+    while position < len(quoted):
+        byte = quoted[position]
+        if byte == ord("%"):
+            escape = quoted[position + 1 : position + 3]
+            if len(escape) < 2 or not all(c in b"0123456789abcdefABCDEF" for c in escape):
+                return None
+            out.append(int(escape, 16))
+            position += 3
+        else:
+            out.append(0x20 if byte == ord("+") else byte)
+            position += 1
+    return bytes(out)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from([b"%", b"+", b"%25", b"%2F", b"%2f", b"%22", b"%7B", b"%41", b"2"]),
+            st.binary(max_size=3),
+            st.builds(lambda n: b"%%%02x" % n, st.integers(0, 255)),
+        ),
+        max_size=30,
+    ).map(b"".join)
+)
+def test_url_decode_matches_a_byte_by_byte_reference(quoted: bytes) -> None:
+    """Each of its paths (none, the common escapes, any escapes, the error) agrees with a plain
+    reading of every byte, on valid and invalid encodings alike."""
+    expected = reference_url_decode(quoted)
+    if expected is None:
+        with pytest.raises(CodecError, match="bad percent-encoding"):
+            url_decode(quoted)
+    else:
+        assert url_decode(quoted) == expected
+
+
 @given(json_objects)
 def test_round_trip_any_json_object(payload: dict[str, Any]) -> None:
     assert CODEC.decrypt(CODEC.encrypt(payload)) == payload
