@@ -18,8 +18,11 @@ interleaved rounds (best round kept):
   process has since used) shows as the difference between the two baselines.
 * Throughput of each against the lesser of the ideal (in flight / latency, one request a flow)
   and the pool's cap (``max_connections`` / latency). Target: within 1.5x of that bound.
-* Bare ``httpx.AsyncClient`` posts through ``MockTransport`` and over each transport, and what
-  ``AsyncClient`` adds to a bare post over the wire and through ``MockTransport``.
+* Bare ``httpx.AsyncClient`` posts through ``MockTransport`` and over each transport; a bare
+  ``AsyncStreamTransport.exchange`` on a route prepared once (what ``AsyncClient`` sends through
+  over its default transport, no ``httpx.Request`` or ``httpx.Response`` a call); and what
+  ``AsyncClient`` adds to its carrier: to the bare exchange over the wire, to a bare post through
+  ``MockTransport``.
 * Connections the stdlib server accepted: each pool keeps its ``max_connections`` and reuses them.
 """
 
@@ -246,14 +249,17 @@ def _report(
         f"{cpu['bare mock'] * 1e3:.2f} ms; over AsyncStreamTransport "
         f"{cpu['bare stream'] * 1e3:.2f} ms, {rate['bare stream']:.0f}/s; over "
         f"httpcore with the same pool {cpu['bare httpcore'] * 1e3:.2f} ms, "
-        f"{rate['bare httpcore']:.0f}/s",
+        f"{rate['bare httpcore']:.0f}/s; a bare AsyncStreamTransport.exchange (route prepared "
+        f"once, no httpx.Request or Response) {cpu['bare exchange'] * 1e3:.2f} ms = "
+        f"{cpu['bare exchange'] / cpu['bare stream']:.2f}x the bare post over the same "
+        f"transport, {rate['bare exchange']:.0f}/s",
         flush=True,
     )
-    # What AsyncClient adds to a bare post, over the wire and through MockTransport:
-    # the same code, run after a wait for the network or back to back.
+    # What AsyncClient adds to its carrier, over the wire (the exchange) and through
+    # MockTransport (a post): the same code, run after a wait for the network or back to back.
     print(
         f"    AsyncClient's own work a request: "
-        f"{(cpu['default'] - cpu['bare stream']) * 1e3:.2f} ms over the wire, "
+        f"{(cpu['default'] - cpu['bare exchange']) * 1e3:.2f} ms over the wire, "
         f"{(cpu['mock'] - cpu['bare mock']) * 1e3:.2f} ms through MockTransport",
         flush=True,
     )
@@ -299,6 +305,21 @@ def main(quick: bool) -> None:
 
         return make
 
+    def bare_exchange(base: str) -> Maker:
+        def make() -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
+            transport = stream()
+            http = httpx.AsyncClient(base_url=base, transport=transport)
+            route = transport.route(
+                http.build_request("POST", base + CREDIT_DETAIL_PATH, content=b"")
+            )
+
+            async def call() -> object:
+                return await transport.exchange(route, data)
+
+            return call, http.aclose
+
+        return make
+
     async def canned(_request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=body)
 
@@ -338,6 +359,7 @@ def main(quick: bool) -> None:
         "bare mock": bare_over(lambda: httpx.MockTransport(canned), PRODUCTION_URL),
         "bare stream": bare_over(stream, url),
         "bare httpcore": bare_over(httpcore, url),
+        "bare exchange": bare_exchange(url),
     }
     rounds = 1 if quick else 3
     try:

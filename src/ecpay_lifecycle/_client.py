@@ -506,13 +506,21 @@ class AsyncClient(_Shell):
         # Requests beyond the pool wait here, not in httpx's pool, whose every queued request
         # is re-examined on each change (at 50 in flight on 10 connections that cost more CPU
         # than the requests; benchmarks/bench_wire.py). The wait has the pool's timeout.
-        self._slots = asyncio.Semaphore(self._limits.max_connections or DEFAULT_MAX_CONNECTIONS)
+        limit = self._limits.max_connections or DEFAULT_MAX_CONNECTIONS
+        self._slots = asyncio.Semaphore(limit)
         self._pool_wait = self._timeout.pool
         self._urls: dict[str, httpx.URL] = {}
         # Over AsyncStreamTransport each request is exchanged as bytes: the head httpx would
         # send, prepared once a path (_route), without an httpx.Request and httpx.Response a
         # call, which over a socket cost more CPU than the rest of it (benchmarks/bench_wire.py).
+        # A pool of at most max_connections bounds the calls itself (waiters in arrival order,
+        # the pool timeout, then PoolTimeout with nothing sent): no semaphore on top.
         self._stream = transport if isinstance(transport, AsyncStreamTransport) else None
+        self._bounding = (
+            self._stream
+            if self._stream is not None and self._stream.max_connections <= limit
+            else None
+        )
         self._routes: dict[str, Route] = {}
 
     async def __aenter__(self) -> AsyncClient:
@@ -552,6 +560,11 @@ class AsyncClient(_Shell):
             flow.close()
 
     async def _post(self, request: WireRequest) -> Reply:
+        bounding = self._bounding
+        if bounding is not None:
+            route = self._routes.get(request.path) or self._route(bounding, request.path)
+            return Reply(*await bounding.exchange(route, _body(request)))
+        stream = self._stream
         slots = self._slots
         if slots.locked():  # every connection is busy: wait, at most the pool timeout
             try:
@@ -564,8 +577,7 @@ class AsyncClient(_Shell):
         else:
             await slots.acquire()  # free: returns at once, no timer to arm
         try:
-            stream = self._stream
-            if stream is not None:
+            if stream is not None:  # a transport with a larger pool than max_connections
                 route = self._routes.get(request.path) or self._route(stream, request.path)
                 return Reply(*await stream.exchange(route, _body(request)))
             response = await self._http.post(self._url(request.path), content=_body(request))

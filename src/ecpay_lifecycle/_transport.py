@@ -965,6 +965,11 @@ class AsyncStreamTransport(httpx.AsyncBaseTransport):
         )
 
     @property
+    def max_connections(self) -> int:
+        """The most connections open at once to each origin."""
+        return self._limit
+
+    @property
     def connections(self) -> int:
         """How many connections are open now, idle or in use, across every origin."""
         return sum(len(pool.connections) for pool in self._pools.values())

@@ -1,11 +1,15 @@
 """AsyncClient's own wait for a connection (issue 12 item 5): calls beyond ``max_connections``
 wait in the client, not in httpx's pool, for at most the timeout's pool part; then
-``TransportError`` and nothing is sent. Counted at the transport."""
+``TransportError`` and nothing is sent. Counted at the transport, and over real TCP (the default
+``AsyncStreamTransport``, whose own pool does the waiting) at a server that counts what it
+receives."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
@@ -141,3 +145,118 @@ def test_requests_go_to_the_base_urls_path() -> None:
         "https://proxy.example/ecpay/1.0.0/Cashier/QueryTrade",
         "https://proxy.example/ecpay/1.0.0/CreditDetail/QueryTrade",
     ]
+
+
+# -- over real TCP: the default transport's pool bounds and queues the calls ------------------
+
+
+class CountingServer:
+    """An HTTP/1.1 keep-alive server on 127.0.0.1, on the test's own event loop, answering each
+    request through ``handler`` after ``delay`` seconds; it counts connections, requests and
+    the most requests it held at once."""
+
+    def __init__(
+        self, handler: Callable[[httpx.Request], Awaitable[httpx.Response]], delay: float
+    ) -> None:
+        self.handler = handler
+        self.delay = delay
+        self.connections = self.seen = self.in_flight = self.peak = 0
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> CountingServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)\r\ncontent-length: *([0-9]+)", head)
+                body = await reader.readexactly(int(length[1]) if length else 0)
+                self.seen += 1
+                self.in_flight += 1
+                self.peak = max(self.peak, self.in_flight)
+                try:
+                    await asyncio.sleep(self.delay)
+                    target = head.split(b" ", 2)[1].decode()
+                    response = await self.handler(
+                        httpx.Request("POST", "https://ecpay.test" + target, content=body)
+                    )
+                finally:
+                    self.in_flight -= 1
+                content = await response.aread()
+                writer.write(
+                    b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s"
+                    % (response.status_code, len(content), content)
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@settings(max_examples=10, deadline=None)
+@given(limit=st.integers(1, 4), calls=st.integers(1, 12), given_pool=st.booleans())
+def test_over_tcp_never_more_requests_in_flight_than_max_connections(
+    limit: int, calls: int, given_pool: bool
+) -> None:
+    """The default transport's pool bounds the calls by itself; a transport given with a larger
+    pool is still held to ``max_connections`` (by the client's own wait)."""
+    emulator, trade_no = world()
+
+    async def scenario() -> tuple[int, int, int]:
+        async with CountingServer(emulator.async_handler, delay=0.01) as server:
+            transport = AsyncStreamTransport(max_connections=limit + 3) if given_pool else None
+            async with AsyncClient(
+                Credentials(MID, KEY, IV),
+                base_url=server.url,
+                transport=transport,
+                clock=emulator.clock,
+                max_connections=limit,
+            ) as client:
+                snapshots = await asyncio.gather(
+                    *(
+                        client.query("A1", trade_no=trade_no, kind=PaymentKind.ONE_TIME)
+                        for _ in range(calls)
+                    )
+                )
+                assert [snapshot.amount for snapshot in snapshots] == [1000] * calls
+            return server.seen, server.peak, server.connections
+
+    seen, peak, connections = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert seen == calls
+    assert peak == min(limit, calls)
+    assert connections == min(limit, calls)
+
+
+def test_over_tcp_a_call_that_waits_longer_than_the_pool_timeout_sends_nothing() -> None:
+    emulator, trade_no = world()
+
+    async def scenario() -> None:
+        async with CountingServer(emulator.async_handler, delay=1.0) as server:
+            async with AsyncClient(
+                Credentials(MID, KEY, IV),
+                base_url=server.url,
+                clock=emulator.clock,
+                max_connections=1,
+                timeout=httpx.Timeout(10.0, pool=0.2),
+            ) as client:
+                first = asyncio.create_task(
+                    client.query("A1", trade_no=trade_no, kind=PaymentKind.ONE_TIME)
+                )
+                await asyncio.sleep(0.1)
+                with pytest.raises(TransportError, match="PoolTimeout"):
+                    await client.query("A1", trade_no=trade_no, kind=PaymentKind.ONE_TIME)
+                assert server.seen == 1  # the second call never reached the server
+                assert (await first).amount == 1000
+            assert server.seen == 1
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
