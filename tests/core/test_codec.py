@@ -10,6 +10,7 @@ import base64
 import json
 import math
 import re
+import threading
 import types
 import urllib.parse
 from typing import Any
@@ -211,6 +212,51 @@ def test_round_trip_any_json_object(payload: dict[str, Any]) -> None:
 def test_encrypt_is_reference_aes_of_reference_urlencode(payload: dict[str, Any]) -> None:
     text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     assert CODEC.encrypt(payload) == reference_encrypt_raw(reference_urlencode(text).encode())
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(json_objects, min_size=1, max_size=8), st.integers(1, 4))
+def test_encrypt_from_many_threads_is_reference_cbc_every_time(
+    payloads: list[dict[str, Any]], threads: int
+) -> None:
+    """encrypt keeps one CBC chain a thread and turns it back to the IV for every message:
+    messages one after another, in several threads at once on one codec, and after a message
+    that failed each equal a fresh reference CBC from the IV."""
+    codec = AesCodec(KEY, IV)
+    texts = [json.dumps(p, ensure_ascii=False, separators=(",", ":")) for p in payloads]
+    expected = [reference_encrypt_raw(reference_urlencode(text).encode()) for text in texts]
+    results: dict[int, list[str]] = {}
+
+    def run(number: int) -> None:
+        out = []
+        for payload in payloads:
+            with pytest.raises(CodecError):
+                codec.encrypt({"not json": object()})
+            out.append(codec.encrypt(payload))
+        results[number] = out
+
+    workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    assert results == dict.fromkeys(range(threads), expected)
+
+
+def test_a_message_that_fails_inside_the_cipher_leaves_the_next_one_right(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    codec = AesCodec(KEY, IV)
+    first = codec.encrypt({"a": 1})
+    cbc = codec._chains.cbc
+
+    def interrupted(_data: bytes) -> bytes:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cbc, "encrypt", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        codec.encrypt({"a": 1})
+    assert codec.encrypt({"a": 1}) == first  # a new chain, from the IV
 
 
 @given(st.binary(min_size=1, max_size=200))
