@@ -451,7 +451,8 @@ class AsyncClient(_Shell):
     ``max_connections`` bounds the pool; calls beyond it wait for a connection (up to the
     timeout), so size it to the concurrency you run. Without ``transport=`` the connections are
     :class:`AsyncStreamTransport`'s, kept alive ``KEEPALIVE_EXPIRY`` seconds (httpx's own
-    transport when the environment names a proxy). Close with :meth:`aclose` or
+    transport when the environment names a proxy); over it each call is exchanged as bytes on a
+    head prepared once a path, without an ``httpx.Request`` and ``httpx.Response``. Close with :meth:`aclose` or
     ``async with``. Order locks are awaited without blocking the event loop, and exclude the
     threads and other loops that share the journal too.
     """
