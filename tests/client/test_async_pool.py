@@ -7,9 +7,11 @@ receives."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -65,39 +67,6 @@ def test_never_more_requests_in_flight_than_max_connections(limit: int, calls: i
     assert seen == calls
     assert peak <= limit
     assert peak == min(limit, calls)
-
-
-def test_a_call_that_waits_longer_than_the_pool_timeout_sends_nothing() -> None:
-    emulator, trade_no = world()
-    release = asyncio.Event()
-    arrived = 0
-
-    async def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal arrived
-        arrived += 1
-        await release.wait()
-        return await emulator.async_handler(request)
-
-    async def scenario() -> None:
-        async with AsyncClient(
-            Credentials(MID, KEY, IV),
-            transport=httpx.MockTransport(handler),
-            clock=emulator.clock,
-            max_connections=1,
-            timeout=httpx.Timeout(10.0, pool=0.2),
-        ) as client:
-            first = asyncio.create_task(
-                client.query("A1", trade_no=trade_no, kind=PaymentKind.ONE_TIME)
-            )
-            await asyncio.sleep(0.05)
-            with pytest.raises(TransportError, match="PoolTimeout"):
-                await client.query("A1", trade_no=trade_no, kind=PaymentKind.ONE_TIME)
-            assert arrived == 1  # the second call never reached the transport
-            release.set()
-            assert (await first).amount == 1000
-        assert arrived == 1
-
-    asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
 def test_idle_connections_are_kept_for_a_shops_sparse_calls(
@@ -237,26 +206,44 @@ def test_over_tcp_never_more_requests_in_flight_than_max_connections(
     assert connections == min(limit, calls)
 
 
-def test_over_tcp_a_call_that_waits_longer_than_the_pool_timeout_sends_nothing() -> None:
+@pytest.mark.parametrize("over_tcp", [False, True], ids=["in-the-client", "in-the-pool"])
+def test_a_call_that_waits_longer_than_the_pool_timeout_sends_nothing(over_tcp: bool) -> None:
+    """Through MockTransport the call waits in the client; over TCP, in the default transport's
+    pool. Either way it gives up after the pool timeout and nothing reaches the other side."""
     emulator, trade_no = world()
+    release = asyncio.Event()
+    arrived = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal arrived
+        arrived += 1
+        await release.wait()
+        return await emulator.async_handler(request)
 
     async def scenario() -> None:
-        async with CountingServer(emulator.async_handler, delay=1.0) as server:
-            async with AsyncClient(
-                Credentials(MID, KEY, IV),
-                base_url=server.url,
-                clock=emulator.clock,
-                max_connections=1,
-                timeout=httpx.Timeout(10.0, pool=0.2),
-            ) as client:
-                first = asyncio.create_task(
-                    client.query("A1", trade_no=trade_no, kind=PaymentKind.ONE_TIME)
+        async with contextlib.AsyncExitStack() as stack:
+            where: dict[str, Any] = {"transport": httpx.MockTransport(handler)}
+            if over_tcp:
+                server = await stack.enter_async_context(CountingServer(handler, delay=0.0))
+                where = {"base_url": server.url}
+            client = await stack.enter_async_context(
+                AsyncClient(
+                    Credentials(MID, KEY, IV),
+                    clock=emulator.clock,
+                    max_connections=1,
+                    timeout=httpx.Timeout(10.0, pool=0.2),
+                    **where,
                 )
-                await asyncio.sleep(0.1)
-                with pytest.raises(TransportError, match="PoolTimeout"):
-                    await client.query("A1", trade_no=trade_no, kind=PaymentKind.ONE_TIME)
-                assert server.seen == 1  # the second call never reached the server
-                assert (await first).amount == 1000
-            assert server.seen == 1
+            )
+            first = asyncio.create_task(
+                client.query("A1", trade_no=trade_no, kind=PaymentKind.ONE_TIME)
+            )
+            await asyncio.sleep(0.05)
+            with pytest.raises(TransportError, match="PoolTimeout"):
+                await client.query("A1", trade_no=trade_no, kind=PaymentKind.ONE_TIME)
+            assert arrived == 1  # the second call never reached the other side
+            release.set()
+            assert (await first).amount == 1000
+        assert arrived == 1
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
