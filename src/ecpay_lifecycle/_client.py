@@ -452,9 +452,9 @@ class AsyncClient(_Shell):
     timeout), so size it to the concurrency you run. Without ``transport=`` the connections are
     :class:`AsyncStreamTransport`'s, kept alive ``KEEPALIVE_EXPIRY`` seconds (httpx's own
     transport when the environment names a proxy); over it each call is exchanged as bytes on a
-    head prepared once a path, without an ``httpx.Request`` and ``httpx.Response``. Close with :meth:`aclose` or
-    ``async with``. Order locks are awaited without blocking the event loop, and exclude the
-    threads and other loops that share the journal too.
+    head prepared once a path, without an ``httpx.Request`` and ``httpx.Response``. Close with
+    :meth:`aclose` or ``async with``. Order locks are awaited without blocking the event loop,
+    and exclude the threads and other loops that share the journal too.
     """
 
     def __init__(
