@@ -517,11 +517,7 @@ class AsyncClient(_Shell):
         # A pool of at most max_connections bounds the calls itself (waiters in arrival order,
         # the pool timeout, then PoolTimeout with nothing sent): no semaphore on top.
         self._stream = transport if isinstance(transport, AsyncStreamTransport) else None
-        self._bounding = (
-            self._stream
-            if self._stream is not None and self._stream.max_connections <= limit
-            else None
-        )
+        self._pool_bounds = self._stream is not None and self._stream.max_connections <= limit
         self._routes: dict[str, Route] = {}
 
     async def __aenter__(self) -> AsyncClient:
@@ -561,11 +557,8 @@ class AsyncClient(_Shell):
             flow.close()
 
     async def _post(self, request: WireRequest) -> Reply:
-        bounding = self._bounding
-        if bounding is not None:
-            route = self._routes.get(request.path) or self._route(bounding, request.path)
-            return Reply(*await bounding.exchange(route, _body(request)))
-        stream = self._stream
+        if self._pool_bounds:  # the transport's own pool queues the calls beyond it
+            return await self._send(request)
         slots = self._slots
         if slots.locked():  # every connection is busy: wait, at most the pool timeout
             try:
@@ -578,12 +571,18 @@ class AsyncClient(_Shell):
         else:
             await slots.acquire()  # free: returns at once, no timer to arm
         try:
-            if stream is not None:  # a transport with a larger pool than max_connections
-                route = self._routes.get(request.path) or self._route(stream, request.path)
-                return Reply(*await stream.exchange(route, _body(request)))
-            response = await self._http.post(self._url(request.path), content=_body(request))
+            return await self._send(request)
         finally:
             slots.release()
+
+    async def _send(self, request: WireRequest) -> Reply:
+        """POST ``request``: as bytes on its path's route over AsyncStreamTransport, else
+        through httpx."""
+        stream = self._stream
+        if stream is not None:
+            route = self._routes.get(request.path) or self._route(stream, request.path)
+            return Reply(*await stream.exchange(route, _body(request)))
+        response = await self._http.post(self._url(request.path), content=_body(request))
         return Reply(response.status_code, response.content)
 
     def _route(self, stream: AsyncStreamTransport, path: str) -> Route:
