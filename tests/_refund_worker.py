@@ -9,7 +9,8 @@ start at once), optionally sweeps, then refunds ``AMOUNT`` TWD of ``ORDER`` unde
 prints one JSON line: what it was told.
 
 ``--async`` runs an ``AsyncClient`` on an ``AsyncPostgresJournal`` (``JOURNAL`` is then a
-``postgresql://`` URL) instead.
+``postgresql://`` URL) instead; with ``--die-at`` too, an ``AsyncClient`` over its default
+transport (``AsyncStreamTransport``'s exchange path) on the journal ``JOURNAL`` names.
 
 ``--die-at`` stops at one point of the refund, prints ``dying POINT`` and sleeps until killed:
 ``before_record`` (the attempt is not written yet), ``after_record`` (written, not sent),
@@ -40,6 +41,7 @@ from ecpay_lifecycle import (
 )
 from ecpay_lifecycle._journal import JournalWrapper
 from ecpay_lifecycle._ops import open_journal
+from ecpay_lifecycle._transport import AsyncStreamTransport, Route
 
 MID = "3002607"
 KEY, IV = "WorkerTestKey016", "WorkerTestIv0016"
@@ -91,6 +93,21 @@ class Transport(httpx.HTTPTransport):
         return response
 
 
+class DyingStream(AsyncStreamTransport):
+    """AsyncClient's default transport, which stops the process once a DoAction's reply has
+    arrived (``after_send``): ECPay applied it, the client never learns it."""
+
+    def __init__(self, point: str | None) -> None:
+        super().__init__()
+        self._point = point
+
+    async def exchange(self, route: Route, content: bytes) -> tuple[int, bytes]:
+        answer = await super().exchange(route, content)
+        if self._point == "after_send" and route.request.url.path.endswith("/Credit/DoAction"):
+            die("after_send")
+        return answer
+
+
 def main(argv: list[str]) -> int:
     url, journal_spec, order, amount, key, offset = argv[:6]
     flags = argv[6:]
@@ -100,6 +117,10 @@ def main(argv: list[str]) -> int:
     def clock() -> dt.datetime:
         return dt.datetime.now(dt.UTC) + shift
 
+    if "--async" in flags and point is not None:
+        return asyncio.run(
+            run_dying_async(url, journal_spec, order, int(amount), key, clock, point)
+        )
     if "--async" in flags:
         return asyncio.run(run_async(url, journal_spec, order, int(amount), key, clock))
     journal = Dying(open_journal(journal_spec), point)
@@ -145,6 +166,24 @@ async def run_async(url: str, conninfo: str, order: str, amount: int, key: str, 
             answer.update(outcome="error", error=type(error).__name__, message=str(error))
     say(json.dumps(answer))
     return 0
+
+
+async def run_dying_async(
+    url: str, journal_spec: str, order: str, amount: int, key: str, clock: Any, point: str
+) -> int:
+    """An AsyncClient over its default transport that dies at ``point`` (it never answers)."""
+    async with AsyncClient(
+        Credentials(MID, KEY, IV),
+        base_url=url,
+        transport=DyingStream(point),
+        clock=clock,
+        journal=Dying(open_journal(journal_spec), point),
+        timeout=5.0,
+    ) as client:
+        say("ready")
+        await asyncio.to_thread(sys.stdin.readline)
+        await client.refund(order, amount, idempotency_key=key)
+    raise SystemExit(f"the refund ended without reaching {point}")
 
 
 if __name__ == "__main__":

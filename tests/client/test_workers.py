@@ -13,7 +13,9 @@ is counted on the emulator's books (``applied_do_actions``), never on a worker's
 - ``kill -9`` at each point of a refund (before the attempt is recorded, after it is recorded
   and before sending, after sending and before the reply, after the reply and before it is
   recorded), 50 trials across the points: after a restart, the sweeper past the fence and a
-  retry of the same key, exactly one application, and the journal agrees with the books.
+  retry of the same key, exactly one application, and the journal agrees with the books; and
+  8 more trials with an ``AsyncClient`` over its default transport (the exchange path of
+  ``AsyncStreamTransport``) as the killed worker.
 """
 
 from __future__ import annotations
@@ -226,20 +228,21 @@ def outside_the_batch_window(emulator: Emulator) -> None:
         emulator.set_time(local.replace(hour=20, minute=46))
 
 
-def test_a_worker_killed_at_any_point_of_a_refund_refunds_exactly_once(
-    served: tuple[Emulator, str], journal: str
-) -> None:
-    emulator, url = served
+def kill_trials(
+    emulator: Emulator, url: str, journal: str, trials: int, *flags: str
+) -> dict[str, int]:
+    """``trials`` workers (``flags`` passed on) each killed with ``kill -9`` at a point of a
+    refund, round the points; after each, past the lease and the fence, a worker sweeps and the
+    shop retries the key. Every refund is applied exactly once on the emulator's books, and
+    its record ends done, unlocked and unowned. Returns how each ended."""
     store = open_journal(journal)
-    request_closing = store.close  # type: ignore[attr-defined]
     seen: collections.Counter[str] = collections.Counter()
-    started = time.monotonic()
-    for trial in range(TRIALS):
+    for trial in range(trials):
         point = POINTS[trial % len(POINTS)]
-        order = f"KILL{trial}"
+        order = f"KILL{'A' if flags else ''}{trial}"
         key = f"k-{order}"
         settled(emulator, order)
-        dying = Worker(url, journal, order, 300, key, offset(emulator), "--die-at", point)
+        dying = Worker(url, journal, order, 300, key, offset(emulator), *flags, "--die-at", point)
         dying.go()
         assert dying.line() == f"dying {point}"
         dying.kill()
@@ -257,8 +260,27 @@ def test_a_worker_killed_at_any_point_of_a_refund_refunds_exactly_once(
         assert record.open_attempt is None
         assert record.owner is None
         seen[f"{point}: {'replayed' if answer['replayed'] else 'sent after the restart'}"] += 1
-    request_closing()
+    store.close()  # type: ignore[attr-defined]
+    return dict(sorted(seen.items()))
+
+
+def test_a_worker_killed_at_any_point_of_a_refund_refunds_exactly_once(
+    served: tuple[Emulator, str], journal: str
+) -> None:
+    emulator, url = served
+    started = time.monotonic()
+    seen = kill_trials(emulator, url, journal, TRIALS)
     print(  # the figures the closing note quotes
         f"\nkill -9 ({'postgresql' if '://' in journal else 'sqlite'}): {TRIALS} trials in "
-        f"{time.monotonic() - started:.0f} s, one application each; {dict(sorted(seen.items()))}"
+        f"{time.monotonic() - started:.0f} s, one application each; {seen}"
     )
+
+
+def test_an_async_worker_killed_at_any_point_over_the_exchange_path_refunds_exactly_once(
+    served: tuple[Emulator, str], journal: str
+) -> None:
+    """The same with AsyncClient over its default transport: its DoActions go out through
+    AsyncStreamTransport.exchange, and ``after_send`` dies with ECPay's reply in hand."""
+    emulator, url = served
+    seen = kill_trials(emulator, url, journal, 2 * len(POINTS), "--async")
+    assert sum(seen.values()) == 2 * len(POINTS)
